@@ -1,0 +1,44 @@
+"""The `ki-vla` command: one entry point for the demo, bring-up, evaluation and training."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _ros_defaults() -> None:
+    """Loopback-only discovery, and the venv as ament prefix when none is set."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if "AMENT_PREFIX_PATH" not in os.environ and os.path.isdir(
+        os.path.join(sys.prefix, "share", "ament_index")
+    ):
+        os.environ["AMENT_PREFIX_PATH"] = sys.prefix
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ki-vla", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the demo graph for a fixed time and print a summary")
+    demo.add_argument("--duration", type=float, default=8.0, help="seconds to run (default 8)")
+    demo.add_argument("--summary-json", default=None, help="also write the summary as JSON here")
+    demo.add_argument("--domain-id", type=int, default=None,
+                      help="ROS_DOMAIN_ID for the demo processes (default: a random free-looking id)")
+    demo.set_defaults(func=_run_demo)
+    return parser
+
+
+def _run_demo(args) -> int:
+    from ki_vla_ros.ros.demo import run_demo
+
+    return run_demo(duration_s=args.duration, summary_json=args.summary_json, domain_id=args.domain_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _ros_defaults()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

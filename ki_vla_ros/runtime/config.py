@@ -18,9 +18,10 @@ evaluator through `load_robot_config`. So it follows the rules of ROS parameter 
     policy_node:
       ros__parameters: {chunk: {...}, sync: {...}, model: {...}, default_instruction}
     planner_node:
-      ros__parameters: {enabled, rate_hz, hysteresis_count, max_new_tokens}
+      ros__parameters: {enabled, rate_hz, hysteresis_count, max_new_tokens, max_subtask_chars?}
     command_mux:
-      ros__parameters: {initial_mode, teleop_timeout_s, policy_timeout_s, max_step_rad}
+      ros__parameters: {initial_mode, teleop_timeout_s, policy_timeout_s, max_step_rad,
+                        ramp_step_duration_s?, joint_state_max_age_s?}
 
 ROS parameters are typed, have no null and no lists of mappings; hence named mappings
 instead of lists of records, optional keys that are simply left out, and floats that must
@@ -164,6 +165,8 @@ class PlannerConfig:
     rate_hz: float = _doc("subtask decoding rate (Hz)")
     hysteresis_count: int = _doc("consecutive identical decodes before the subtask changes")
     max_new_tokens: int = _doc("longest subtask in tokens")
+    max_subtask_chars: int = _doc(
+        "a decoded subtask longer than this is treated as garbage and ignored", default=200)
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,11 @@ class MuxConfig:
     teleop_timeout_s: float = _doc("teleop silent this long -> hold (s)")
     policy_timeout_s: float = _doc("policy silent this long -> hold (s)")
     max_step_rad: float = _doc("largest joint step in the output stream, e.g. at hand-off (rad)")
+    ramp_step_duration_s: float = _doc(
+        "time per inserted hand-off ramp step, and time to reach a hold point; ramp speed is "
+        "max_step_rad / ramp_step_duration_s (s)", default=0.1)
+    joint_state_max_age_s: float = _doc(
+        "a measured joint state older than this is not used to start or hold (s)", default=0.5)
 
 
 NODE_BLOCKS: dict[str, type] = {
@@ -557,9 +565,12 @@ def _check(config: RobotConfig, source: str) -> None:
         fail(f"{planner}.hysteresis_count", config.planner.hysteresis_count, "at least 1")
     if config.planner.max_new_tokens < 1:
         fail(f"{planner}.max_new_tokens", config.planner.max_new_tokens, "at least 1")
+    if config.planner.max_subtask_chars < 1:
+        fail(f"{planner}.max_subtask_chars", config.planner.max_subtask_chars, "at least 1")
 
     mux = f"command_mux.{PARAMS_KEY}"
-    for key in ("teleop_timeout_s", "policy_timeout_s", "max_step_rad"):
+    for key in ("teleop_timeout_s", "policy_timeout_s", "max_step_rad", "ramp_step_duration_s",
+                "joint_state_max_age_s"):
         value = getattr(config.mux, key)
         if value <= 0:
             fail(f"{mux}.{key}", value, "a value > 0")

@@ -20,18 +20,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the demo graph for a fixed time and print a summary")
-    demo.add_argument("--duration", type=float, default=8.0, help="seconds to run (default 8)")
+    demo.add_argument("--config", default="single_arm",
+                      help="robot config: single_arm, bimanual, mobile or a YAML path (default single_arm)")
+    demo.add_argument("--duration", type=float, default=20.0,
+                      help="seconds to run after the first chunk arrives (default 20)")
+    demo.add_argument("--checkpoint", default="",
+                      help="model checkpoint directory or 'tiny' (default: the config's model.checkpoint)")
     demo.add_argument("--summary-json", default=None, help="also write the summary as JSON here")
     demo.add_argument("--domain-id", type=int, default=None,
                       help="ROS_DOMAIN_ID for the demo processes (default: a random free-looking id)")
     demo.set_defaults(func=_run_demo)
+
+    bringup = sub.add_parser("bringup", help="start the graph of a robot config (the launch files' nodes)")
+    bringup.add_argument("config", help="single_arm, bimanual, mobile or a YAML path")
+    bringup.add_argument("--sim", action="store_true", help="also start sim_robot (no real robot)")
+    bringup.add_argument("--checkpoint", default="", help="model checkpoint directory or 'tiny'")
+    bringup.set_defaults(func=_run_bringup)
+
+    from ki_vla_ros.eval.commands import add_subcommands
+
+    add_subcommands(sub)  # eval-bag, record, play
     return parser
 
 
 def _run_demo(args) -> int:
     from ki_vla_ros.ros.demo import run_demo
 
-    return run_demo(duration_s=args.duration, summary_json=args.summary_json, domain_id=args.domain_id)
+    return run_demo(duration_s=args.duration, summary_json=args.summary_json, domain_id=args.domain_id,
+                    config_name=args.config, checkpoint=args.checkpoint)
+
+
+def _run_bringup(args) -> int:
+    from ki_vla_ros.ros.bringup import run_bringup
+
+    return run_bringup(args.config, sim=args.sim, checkpoint=args.checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,90 +1,250 @@
-"""`ki-vla demo`: start a small graph of real nodes in separate processes and report.
+"""`ki-vla demo`: the whole graph on a simulated robot, for a fixed time, then a summary.
 
-Foundation stage: a chunk publisher process sends ActionChunk messages to this process
-over DDS; the summary counts what arrived and the transport latency.
+Starts sim_robot + command_mux + policy_node (+ the planner for the mobile config) as
+separate processes on their own ROS domain (loopback only), exactly as `ki-vla bringup
+CONFIG --sim` would. An observer node in this process then:
+
+1. gives the instruction ("move to the red block"; for mobile also the task),
+2. waits for the first action chunk (model load and warm-up) and starts the clock,
+3. runs the policy for the first part of the run, switches the mux to teleop (sending
+   hold-still teleop commands at the measured pose), then back to policy, which must
+   hand off bumplessly,
+4. prints what it saw: chunks, latencies, commands, mode switches, hand-off step size,
+   distance of the gripper to the named block.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import random
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
+
+INSTRUCTION = "move to the red block"
+TASK = "tidy up the table: start with the red block"
 
 
-def _child_publisher(duration_s: float) -> int:
-    import rclpy
-    from builtin_interfaces.msg import Duration
-
-    from ki_vla_ros.msg import ActionChunk
-    from ki_vla_ros.ros.graph import wait_for_subscribers
-
-    rclpy.init()
-    node = rclpy.create_node("ki_vla_demo_chunk_publisher")
-    pub = node.create_publisher(ActionChunk, "/ki_vla/action_chunk", 10)
-    wait_for_subscribers(node, pub, timeout_s=30.0)
-    end = time.monotonic() + duration_s
-    seq = 0
-    while time.monotonic() < end:
-        msg = ActionChunk()
-        msg.header.stamp = node.get_clock().now().to_msg()
-        msg.start_time = msg.header.stamp
-        msg.step_duration = Duration(nanosec=20_000_000)
-        msg.action_names = ["joint_1", "joint_2"]
-        msg.horizon, msg.dim = 2, 2
-        msg.actions = [0.0, 0.1 * seq, 0.0, 0.1 * seq + 0.02]
-        msg.instruction = "demo"
-        pub.publish(msg)
-        seq += 1
-        time.sleep(0.1)
-    node.destroy_node()
-    rclpy.shutdown()
-    return 0
+def _pct(values, q):
+    return float(np.percentile(values, q)) if values else None
 
 
-def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None) -> int:
+class DemoObserver:
+    """Subscribes to what the graph produces and drives the mux; everything it counts is
+    what arrived over DDS."""
+
+    def __init__(self, node, config):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import Twist
+        from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+        from trajectory_msgs.msg import JointTrajectory
+
+        from ki_vla_ros.msg import ActionChunk, Subtask
+        from ki_vla_ros.ros.command_mux import MODE_TOPIC
+        from ki_vla_ros.ros.planner_node import TASK_TOPIC
+        from ki_vla_ros.ros.policy_node import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC
+
+        self.node, self.config = node, config
+        self.chunks, self.inference_ms, self.commands = 0, [], 0
+        self.modes, self.subtasks, self.status, self.policy_diag = [], [], {}, {}
+        self.joint_positions: dict[str, float] = {}
+        self.output_points: list[tuple[float, dict[str, float]]] = []  # (receive time, first point)
+        node.create_subscription(ActionChunk, ACTION_CHUNK_TOPIC, self._on_chunk, 10)
+        node.create_subscription(Subtask, "/ki_vla/subtask", lambda m: self.subtasks.append(m.subtask), 10)
+        node.create_subscription(String, MODE_TOPIC, lambda m: self.modes.append(m.data),
+                                 QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        node.create_subscription(String, "/sim_robot/status", lambda m: self.status.update(json.loads(m.data)), 10)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        node.create_subscription(JointState, config.joint_states_topic, self._on_joint_state,
+                                 qos_profile_sensor_data)
+        for group in config.action_groups:
+            msg_type = JointTrajectory if group.kind == "joint_trajectory" else Twist
+            node.create_subscription(msg_type, group.controller_topic, self._on_output, 10)
+        self.instruction_pub = node.create_publisher(String, INSTRUCTION_TOPIC, 10)
+        self.task_pub = node.create_publisher(String, TASK_TOPIC, 10)
+        self.teleop_pubs = {g.name: node.create_publisher(JointTrajectory, g.teleop_topic, 10)
+                            for g in config.action_groups if g.kind == "joint_trajectory"}
+        self.switch = {m: node.create_client(Trigger, f"/command_mux/{m}") for m in ("teleop", "policy")}
+
+    def _on_chunk(self, msg) -> None:
+        self.chunks += 1
+        self.inference_ms.append((msg.inference_latency.sec + msg.inference_latency.nanosec * 1e-9) * 1e3)
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.endswith(": policy"):
+                self.policy_diag = {kv.key: kv.value for kv in status.values}
+
+    def _on_joint_state(self, msg) -> None:
+        self.joint_positions.update(zip(msg.name, msg.position))
+
+    def _on_output(self, msg) -> None:
+        self.commands += 1
+        if hasattr(msg, "points") and msg.points:
+            self.output_points.append((time.monotonic(), dict(zip(msg.joint_names, msg.points[0].positions)),
+                                       dict(self.joint_positions)))
+
+    def send_teleop_hold(self) -> None:
+        """Teleop that keeps the arm where it is (what a person holding still sends)."""
+        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+        from ki_vla_ros.ros.conversions import s_to_duration
+
+        for group in self.config.action_groups:
+            if group.kind != "joint_trajectory" or not all(j in self.joint_positions for j in group.joints):
+                continue
+            msg = JointTrajectory(joint_names=list(group.joints))
+            msg.points = [JointTrajectoryPoint(positions=[self.joint_positions[j] for j in group.joints],
+                                               time_from_start=s_to_duration(0.1))]
+            self.teleop_pubs[group.name].publish(msg)
+
+    def call_switch(self, mode: str, spin) -> str:
+        from std_srvs.srv import Trigger
+
+        client = self.switch[mode]
+        spin(lambda: client.service_is_ready(), 20.0, f"/command_mux/{mode}")
+        future = client.call_async(Trigger.Request())
+        spin(lambda: future.done(), 10.0, f"the reply of /command_mux/{mode}")
+        return future.result().message
+
+    def handoff_max_step_rad(self, after_s: float) -> float | None:
+        """Largest |first commanded point - measured position| over mux outputs after a time:
+        the step a bumpless hand-off must keep within command_mux.max_step_rad."""
+        steps = [abs(point[j] - measured[j]) for t, point, measured in self.output_points if t >= after_s
+                 for j in point if j in measured]
+        return max(steps) if steps else None
+
+
+def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
+             config_name: str = "single_arm", checkpoint: str = "") -> int:
     import rclpy
     from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
 
-    from ki_vla_ros.msg import ActionChunk
-    from ki_vla_ros.ros.graph import spin_until
+    from ki_vla_ros.ros.bringup import Graph
+    from ki_vla_ros.ros.graph import GraphTimeout
+    from ki_vla_ros.ros.graph_spec import graph_nodes
+    from ki_vla_ros.runtime.config import load_robot_config
 
+    config = load_robot_config(config_name)
+    checkpoint = checkpoint or config.model.checkpoint
+    weights = "random tiny weights (no trained checkpoint given)" if checkpoint == "tiny" else checkpoint
     domain_id = domain_id if domain_id is not None else random.randint(101, 200)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    print(f"[demo] ROS_DOMAIN_ID={domain_id}, discovery on localhost only")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "ki_vla_ros.ros.demo", "--child", str(duration_s)], env=env
-    )
+    log_dir = Path(tempfile.mkdtemp(prefix="ki_vla_demo_"))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               RCUTILS_LOGGING_DIRECTORY=str(log_dir))
+    specs = graph_nodes(config_name, sim=True, checkpoint=checkpoint)
+    print(f"[demo] config {config_name}: {', '.join(s.name for s in specs)} on ROS_DOMAIN_ID={domain_id} "
+          f"(localhost only); model: {weights}")
+    print(f"[demo] node logs: {log_dir}")
+    graph = Graph(specs, env=env, log_dir=log_dir)
     context = Context()
     rclpy.init(context=context, domain_id=domain_id)
-    node = rclpy.create_node("ki_vla_demo_listener", context=context)
-    latencies_ms: list[float] = []
+    node = rclpy.create_node("ki_vla_demo_observer", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    observer = DemoObserver(node, config)
 
-    def on_chunk(msg: ActionChunk) -> None:
-        sent = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        latencies_ms.append((time.time() - sent) * 1e3)
+    def spin(condition, timeout_s, what):
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if graph.exited():
+                raise RuntimeError(f"a node exited early: {graph.exited()}; see logs in {log_dir}")
+            if time.monotonic() > deadline:
+                raise GraphTimeout(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            executor.spin_once(timeout_sec=0.05)
 
-    node.create_subscription(ActionChunk, "/ki_vla/action_chunk", on_chunk, 10)
+    def spin_for(seconds, every=None):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if graph.exited():
+                raise RuntimeError(f"a node exited early: {graph.exited()}; see logs in {log_dir}")
+            if every:
+                every()
+            executor.spin_once(timeout_sec=0.05)
+
+    code = 1
     try:
-        spin_until(node, lambda: child.poll() is not None, duration_s + 40.0, "the demo publisher to finish")
+        spin(lambda: observer.instruction_pub.get_subscription_count() >= 2, 60.0,
+             "policy_node and sim_robot to subscribe to the instruction")
+        observer.instruction_pub.publish(observer.instruction_pub.msg_type(data=INSTRUCTION))
+        if config.planner.enabled:
+            spin(lambda: observer.task_pub.get_subscription_count() >= 1, 60.0, "the planner")
+            observer.task_pub.publish(observer.task_pub.msg_type(data=TASK))
+        print(f"[demo] instruction: {INSTRUCTION!r}; waiting for the model to load and the first chunk")
+        spin(lambda: observer.chunks > 0, 180.0, "the first action chunk")
+        start_distance = observer.status.get("target_distance_m")
+        policy_s = duration_s * 0.4
+        print(f"[demo] first chunk arrived; running the policy for {policy_s:.0f} s")
+        spin_for(policy_s)
+        print(f"[demo] mux -> teleop: {observer.call_switch('teleop', spin)}")
+        spin_for(duration_s * 0.2, every=observer.send_teleop_hold)
+        handoff_t = time.monotonic()
+        print(f"[demo] mux -> policy: {observer.call_switch('policy', spin)}")
+        spin_for(duration_s * 0.4)
+        code = 0
+    except (GraphTimeout, RuntimeError) as error:
+        print(f"[demo] FAILED: {error}")
+        handoff_t = time.monotonic()
+        start_distance = None
     finally:
-        if child.poll() is None:
-            child.kill()
+        exit_codes = graph.stop()
         node.destroy_node()
         context.try_shutdown()
+
+    diag = observer.policy_diag
     summary = {
-        "chunks_received": len(latencies_ms),
-        "transport_ms_p50": statistics.median(latencies_ms) if latencies_ms else None,
-        "publisher_exit_code": child.returncode,
+        "config": config_name,
+        "model": weights,
+        "duration_s": duration_s,
+        "chunks_published": observer.chunks,
+        "inference_ms_p50": _pct(observer.inference_ms, 50),
+        "inference_ms_p99": _pct(observer.inference_ms, 99),
+        "obs_to_command_ms_p50": _float(diag.get("obs_to_command_ms_p50")),
+        "obs_to_command_ms_p99": _float(diag.get("obs_to_command_ms_p99")),
+        "commands_published": observer.commands,
+        "mode_switches": max(0, len(observer.modes) - 1),
+        "modes_seen": observer.modes,
+        "handoff_max_step_rad": observer.handoff_max_step_rad(handoff_t),
+        "max_step_rad_allowed": config.mux.max_step_rad,
+        "policy_state": diag.get("state"),
+        "policy_holds": _float(diag.get("holds")),
+        "observation_errors": _float(diag.get("observation_errors")),
+        "target": observer.status.get("target"),
+        "target_distance_m_start": start_distance,
+        "target_distance_m_end": observer.status.get("target_distance_m"),
+        "subtasks_seen": sorted(set(observer.subtasks))[:5],
+        "node_exit_codes": exit_codes,
     }
-    print("[demo] summary: " + json.dumps(summary))
+    _print_summary(summary)
     if summary_json:
-        with open(summary_json, "w") as f:
-            json.dump(summary, f, indent=2)
-    return 0 if child.returncode == 0 and latencies_ms else 1
+        Path(summary_json).write_text(json.dumps(summary, indent=2))
+        print(f"[demo] summary written to {summary_json}")
+    if code == 0 and (observer.chunks == 0 or observer.commands == 0):
+        print("[demo] FAILED: the graph produced no chunks or no commands")
+        code = 1
+    return code
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
-    sys.exit(_child_publisher(float(sys.argv[2])))
+def _float(text):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return None if value != value else value  # NaN -> None
+
+
+def _print_summary(summary: dict) -> None:
+    print("[demo] summary")
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.3f}"
+        print(f"  {key:<{width}}  {value}")

@@ -1,0 +1,322 @@
+"""policy_node: synchronized cameras + joint states -> action chunks -> trajectory commands.
+
+A managed (lifecycle) node. configure: read the robot config, load and warm up the model,
+create subscriptions and publishers. activate: start acting. deactivate: stop, and freeze
+every group at its currently commanded position (see _hold). With the `autostart` parameter (default true) the node configures and
+activates itself.
+
+Everything between messages and commands happens in runtime.PolicyLoop (the same code
+the rosbag evaluator runs); this file only moves data between ROS and that loop.
+Inference runs on a worker thread so the executor keeps receiving messages meanwhile.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla_ros.msg import ActionChunk as ActionChunkMsg
+from ki_vla_ros.msg import Subtask
+from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.runtime.chunking import Trajectory
+from ki_vla_ros.runtime.commands import joint_trajectory_commands
+from ki_vla_ros.runtime.config import ConfigError, RobotConfig, load_robot_config
+from ki_vla_ros.runtime.model_loading import load_predictor
+from ki_vla_ros.runtime.observation import ObservationError
+from ki_vla_ros.runtime.policy import Policy, PolicyError
+from ki_vla_ros.runtime.policy_loop import JOINT_STATES, ODOM, PolicyLoop, joint_state_payload
+
+INSTRUCTION_TOPIC = "/ki_vla/instruction"
+SUBTASK_TOPIC = "/ki_vla/subtask"
+ACTION_CHUNK_TOPIC = "/ki_vla/action_chunk"
+
+
+def percentile_ms(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+class PolicyNode(LifecycleNode):
+    def __init__(self, node_name: str = "policy_node", *, predictor=None, context=None, **node_kwargs):
+        super().__init__(node_name, context=context, **node_kwargs)
+        self.declare_parameter("config", "single_arm", ParameterDescriptor(
+            description="robot config: a name in the package's config/ (single_arm, bimanual, "
+                        "mobile) or a path to a YAML file"))
+        self.declare_parameter("checkpoint", "", ParameterDescriptor(
+            description="model checkpoint directory or 'tiny'; empty = model.checkpoint from the config"))
+        self.declare_parameter("autostart", True, ParameterDescriptor(
+            description="configure and activate on startup"))
+        self._shared_predictor = predictor  # one model for policy + planner in one process
+        self.config: RobotConfig | None = None
+        self.policy: Policy | None = None
+        self.loop: PolicyLoop | None = None
+        self._active = threading.Event()
+        self._stop = threading.Event()
+        self._new_observation = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.inference_ms: deque[float] = deque(maxlen=1000)
+        self.obs_to_command_ms: deque[float] = deque(maxlen=1000)
+        self.chunk_times_s: deque[float] = deque(maxlen=50)
+        self.commands_published = 0
+        self.state = "unconfigured"
+        if self.get_parameter("autostart").value:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+
+    # ------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.config = load_robot_config(self.get_parameter("config").value)
+            predictor = self._shared_predictor or load_predictor(
+                self.config, checkpoint=self.get_parameter("checkpoint").value or None)
+            self.policy = Policy(predictor, self.config)
+            t0 = time.perf_counter()
+            predictor.warmup()
+            self.get_logger().info(f"model ready on {predictor.device} (warm-up "
+                                   f"{(time.perf_counter() - t0) * 1e3:.0f} ms); robot '{self.config.name}'")
+        except (ConfigError, PolicyError, FileNotFoundError, ValueError) as error:
+            self.get_logger().error(f"configure failed: {error}")
+            return TransitionCallbackReturn.FAILURE
+        self.loop = PolicyLoop(self.config, self.policy)
+        self._create_interfaces()
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._run_worker, name="policy_inference", daemon=True)
+        self._worker.start()
+        self.state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active.set()
+        self.state = "waiting"
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active.clear()
+        self._hold("deactivated")
+        self.state = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._shutdown_worker()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._shutdown_worker()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        self._shutdown_worker()
+        super().destroy_node()
+
+    def _shutdown_worker(self) -> None:
+        self._stop.set()
+        self._new_observation.set()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+
+    # ------------------------------------------------------------ interfaces
+    def _create_interfaces(self) -> None:
+        c = self.config
+        for camera in c.cameras:
+            msg_type = Image if camera.message_type == "raw" else CompressedImage
+            self.create_subscription(msg_type, camera.topic,
+                                     lambda msg, name=camera.name: self._on_image(name, msg),
+                                     qos_profile_sensor_data)
+        self.create_subscription(JointState, c.joint_states_topic, self._on_joint_state,
+                                 qos_profile_sensor_data)
+        if c.odom_topic and c.base_group is not None:
+            self.create_subscription(Odometry, c.odom_topic, self._on_odom, qos_profile_sensor_data)
+        self.create_subscription(String, INSTRUCTION_TOPIC, lambda m: self._set_prompt(m.data), 10)
+        self.create_subscription(Subtask, SUBTASK_TOPIC, lambda m: self._set_prompt(m.subtask), 10)
+        self.chunk_pub = self.create_publisher(ActionChunkMsg, ACTION_CHUNK_TOPIC, 10)
+        self.trajectory_pubs = {g.name: self.create_publisher(JointTrajectory, g.policy_topic, 10)
+                                for g in c.action_groups if g.kind == "joint_trajectory"}
+        self.twist_pub = None
+        if c.base_group is not None:
+            self.twist_pub = self.create_publisher(Twist, c.base_group.policy_topic, 10)
+            self.create_timer(1.0 / c.control_rate_hz, self._stream_twist)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+        self.create_timer(1.0, self._publish_diagnostics)
+
+    def now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _report(self, message: str) -> None:
+        self.get_logger().warning(message, throttle_duration_sec=2.0)
+
+    def _add(self, name: str, stamp_s: float, payload) -> None:
+        result = self.loop.add(name, stamp_s, payload, self.now_s())
+        if result.reason and result.status.value in ("rejected", "stale"):
+            self._report(f"{name}: {result.reason}")
+        if result.status.value == "emitted":
+            self._new_observation.set()
+
+    def _on_image(self, camera: str, msg) -> None:
+        try:
+            image = conv.image_to_rgb(msg, camera)
+        except ObservationError as error:
+            self.loop._count_error(str(error))
+            self._report(str(error))
+            return
+        self._add(camera, conv.time_to_s(msg.header.stamp), image)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        if len(msg.position) != len(msg.name):
+            self._report(f"joint state has {len(msg.name)} names but {len(msg.position)} positions; ignored")
+            return
+        self._add(JOINT_STATES, conv.time_to_s(msg.header.stamp), joint_state_payload(msg.name, msg.position))
+
+    def _on_odom(self, msg: Odometry) -> None:
+        twist = msg.twist.twist
+        self._add(ODOM, conv.time_to_s(msg.header.stamp),
+                  {"vx": twist.linear.x, "vy": twist.linear.y, "wz": twist.angular.z})
+
+    def _set_prompt(self, text: str) -> None:
+        if text.strip() and text.strip() != self.loop.instruction:
+            self.get_logger().info(f"prompt: {text.strip()!r}")
+        self.loop.set_instruction(text)
+
+    # ----------------------------------------------------------------- acting
+    def _run_worker(self) -> None:
+        while not self._stop.is_set():
+            self._new_observation.wait(timeout=0.05)
+            self._new_observation.clear()
+            if self._stop.is_set() or not self._active.is_set():
+                continue
+            if not self.loop.should_request_chunk(self.now_s()):
+                continue
+            try:
+                self._act_once()
+            except Exception as error:  # keep the node alive; never leave motion running blindly
+                self._hold(f"unexpected error: {error!r}")
+
+    def _act_once(self) -> None:
+        try:
+            observation = self.loop.take_observation(self.now_s())
+        except ObservationError as error:
+            self._hold(str(error))
+            return
+        if observation is None:
+            return
+        try:
+            chunk = self.policy.infer(observation)
+        except PolicyError as error:
+            self._hold(str(error))
+            return
+        self.inference_ms.append(chunk.inference_latency_s * 1e3)
+        execution = self.loop.execute(chunk, observation, self.now_s())
+        self.chunk_pub.publish(conv.action_chunk_msg(chunk))
+        self.chunk_times_s.append(time.monotonic())
+        if not execution.sends_motion:
+            self.state = execution.status
+            self._report(f"chunk not executed ({execution.status}): {'; '.join(execution.reasons)}")
+            if execution.status == "hold":
+                self._hold("; ".join(execution.reasons))
+            return
+        if self._active.is_set():
+            for command in execution.commands:
+                self.trajectory_pubs[command.group].publish(conv.joint_trajectory_msg(command))
+                self.commands_published += 1
+            self.obs_to_command_ms.append((self.now_s() - observation.stamp_s) * 1e3)
+            self.state = "running"
+
+    def _stream_twist(self) -> None:
+        if not self._active.is_set() or self.twist_pub is None:
+            return
+        command = self.loop.twist_now(self.now_s())
+        if command is not None:
+            self.twist_pub.publish(conv.twist_msg(command))
+            self.commands_published += 1
+
+    def _hold(self, reason: str) -> None:
+        """Stop the policy's motion: freeze every group where the running chunk has it now.
+
+        joint_trajectory_controller rejects empty trajectories and points that end in the
+        past, so the hold is one point at the currently commanded position, due one step
+        from now. With no chunk running there is no policy motion to stop. A mobile base
+        gets a zero Twist.
+        """
+        self.state = "hold"
+        now_s = self.now_s()
+        commanded = self.loop.scheduler.reference_at(now_s)
+        self.loop.hold()
+        self._report(f"holding: {reason}")
+        if commanded is not None:
+            trajectory = Trajectory(now_s, self.config.chunk.step_duration_s, self.config.action_names,
+                                    commanded[None, :])
+            for command in joint_trajectory_commands(trajectory, self.config):
+                held = replace(command, points=tuple(
+                    replace(p, time_from_start_s=self.config.chunk.step_duration_s) for p in command.points))
+                self.trajectory_pubs[command.group].publish(conv.joint_trajectory_msg(held))
+        if self.twist_pub is not None:
+            self.twist_pub.publish(Twist())
+
+    # ------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        counters = self.loop.counters
+        rate = 0.0
+        if len(self.chunk_times_s) >= 2:
+            rate = (len(self.chunk_times_s) - 1) / max(self.chunk_times_s[-1] - self.chunk_times_s[0], 1e-9)
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: policy"
+        status.hardware_id = self.config.name
+        ok = self.state in ("running", "waiting", "ok", "clipped")
+        status.level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
+        status.message = self.state if ok or not counters.last_error else f"{self.state}: {counters.last_error}"
+        values = {
+            "state": self.state,
+            "instruction": self.loop.instruction,
+            "chunks": counters.chunks,
+            "chunk_rate_hz": f"{rate:.2f}",
+            "holds": counters.holds,
+            "observation_errors": counters.observation_errors,
+            "last_error": counters.last_error,
+            "inference_ms_p50": f"{percentile_ms(self.inference_ms, 50):.2f}",
+            "inference_ms_p99": f"{percentile_ms(self.inference_ms, 99):.2f}",
+            "obs_to_command_ms_p50": f"{percentile_ms(self.obs_to_command_ms, 50):.2f}",
+            "obs_to_command_ms_p99": f"{percentile_ms(self.obs_to_command_ms, 99):.2f}",
+            "commands_published": self.commands_published,
+            "sync": str(counters.sync_results),
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self.diagnostics_pub.publish(msg)
+
+
+def main(args=None) -> None:
+    from ki_vla_ros.ros.node_main import run_nodes
+
+    run_nodes(args, build=lambda argv: build_policy_process(argv))
+
+
+def build_policy_process(argv):
+    """policy_node, and with --with-planner the planner in the same process sharing one model."""
+    with_planner = "--with-planner" in argv
+    policy = PolicyNode()
+    nodes = [policy]
+    if with_planner and policy.policy is not None:
+        from ki_vla_ros.ros.planner_node import PlannerNode
+
+        nodes.append(PlannerNode(predictor=policy.policy.predictor))
+    return nodes
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,143 @@
+"""sim_robot: a simulated robot on the ROS graph, so the whole graph runs on any machine.
+
+Stands in for ros2_control + cameras + base, from the same robot config as the real
+robot (ki_vla_ros/sim has the simulation): it follows JointTrajectory commands on each
+group's controller_topic like joint_trajectory_controller, a Twist on a base group's
+controller_topic, publishes /joint_states (and /odom for a mobile base) at the control
+rate, and renders the configured cameras (raw rgb8 or JPEG CompressedImage, as the
+config says) of a table with colored blocks.
+
+It also reports, for the demo and tests, how far the grippers are from the block named
+in the current instruction: /sim_robot/status (std_msgs/String, JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import cv2
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros.policy_node import INSTRUCTION_TOPIC
+from ki_vla_ros.runtime.config import load_robot_config
+from ki_vla_ros.sim.robot import SimRobot
+
+
+class SimRobotNode(Node):
+    def __init__(self, node_name: str = "sim_robot", *, context=None, **node_kwargs):
+        super().__init__(node_name, context=context, **node_kwargs)
+        self.declare_parameter("config", "single_arm", ParameterDescriptor(
+            description="robot config: a name in the package's config/ or a path to a YAML file"))
+        self.declare_parameter("seed", 0, ParameterDescriptor(description="scene seed (block placement)"))
+        self.declare_parameter("camera_rate_hz", 10.0, ParameterDescriptor(
+            description="camera frame rate (Hz); joint states run at the config's control_rate_hz"))
+        self.config = load_robot_config(self.get_parameter("config").value)
+        self.robot = SimRobot(self.config, seed=self.get_parameter("seed").value, start_time_s=self.now_s())
+        self.target = ""
+        self.commands_received = 0
+        self._state_published = False
+
+        for group in self.config.action_groups:
+            if group.kind == "joint_trajectory":
+                self.create_subscription(JointTrajectory, group.controller_topic,
+                                         lambda msg, g=group.name: self._on_trajectory(g, msg), 10)
+            else:
+                self.create_subscription(Twist, group.controller_topic, self._on_twist, 10)
+        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, 10)
+        self.joint_pub = self.create_publisher(JointState, self.config.joint_states_topic, qos_profile_sensor_data)
+        self.odom_pub = (self.create_publisher(Odometry, self.config.odom_topic, qos_profile_sensor_data)
+                         if self.config.odom_topic else None)
+        self.camera_pubs = {
+            c.name: self.create_publisher(Image if c.message_type == "raw" else CompressedImage, c.topic,
+                                          qos_profile_sensor_data)
+            for c in self.config.cameras}
+        self.status_pub = self.create_publisher(String, "~/status", 10)
+        self.create_timer(1.0 / self.config.control_rate_hz, self._publish_state)
+        self.create_timer(1.0 / self.get_parameter("camera_rate_hz").value, self._publish_images)
+        self.create_timer(0.5, self._publish_status)
+        self.get_logger().info(f"simulating '{self.config.name}' with blocks {list(self.robot.scene.names)}")
+
+    def now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_trajectory(self, group: str, msg: JointTrajectory) -> None:
+        command = conv.joint_trajectory_from_msg(msg, group)
+        start_s = command.start_time_s if command.start_time_s > 0 else self.now_s()
+        try:
+            self.robot.step(self.now_s())
+            self.robot.command_trajectory(group, start_s, command.points, command.joint_names)
+            self.commands_received += 1
+        except ValueError as error:
+            self.get_logger().error(f"trajectory for '{group}' rejected: {error}", throttle_duration_sec=2.0)
+
+    def _on_twist(self, msg: Twist) -> None:
+        self.robot.command_twist(msg.linear.x, msg.linear.y, msg.angular.z, self.now_s())
+        self.commands_received += 1
+
+    def _on_instruction(self, msg: String) -> None:
+        self.target = next((name for name in self.robot.scene.names if name in msg.data.lower()), "")
+
+    def _publish_state(self) -> None:
+        if self.robot.step(self.now_s()) == 0 and self._state_published:
+            return  # no controller tick since the last message: same stamp, nothing new
+        self._state_published = True
+        stamp = conv.s_to_time(self.robot.time_s)
+        names, positions, velocities = self.robot.joint_state()
+        self.joint_pub.publish(conv.joint_state_msg(names, positions, velocities, stamp))
+        if self.odom_pub is not None:
+            x, y, yaw, vx, vy, wz = self.robot.odometry()
+            odom = Odometry()
+            odom.header.stamp = stamp
+            odom.header.frame_id, odom.child_frame_id = "odom", "base_link"
+            odom.pose.pose.position.x, odom.pose.pose.position.y = x, y
+            odom.pose.pose.orientation.z, odom.pose.pose.orientation.w = _yaw_quaternion(yaw)
+            odom.twist.twist.linear.x, odom.twist.twist.linear.y, odom.twist.twist.angular.z = vx, vy, wz
+            self.odom_pub.publish(odom)
+
+    def _publish_images(self) -> None:
+        images = self.robot.images(self.now_s())
+        stamp = conv.s_to_time(self.robot.time_s)
+        for camera in self.config.cameras:
+            rgb = images[camera.name]
+            if camera.message_type == "raw":
+                self.camera_pubs[camera.name].publish(conv.rgb_to_image(rgb, stamp, camera.name))
+            else:
+                msg = CompressedImage()
+                msg.header.stamp, msg.header.frame_id, msg.format = stamp, camera.name, "jpeg"
+                ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                msg.data = jpeg.tobytes()
+                self.camera_pubs[camera.name].publish(msg)
+
+    def _publish_status(self) -> None:
+        status = {"time_s": self.robot.time_s, "target": self.target,
+                  "commands_received": self.commands_received,
+                  "distances_m": {n: round(self.robot.distance_to(n), 4) for n in self.robot.scene.names}}
+        if self.target:
+            status["target_distance_m"] = status["distances_m"][self.target]
+            status["reached"] = bool(self.robot.reached(self.target))
+        self.status_pub.publish(String(data=json.dumps(status)))
+
+
+def _yaw_quaternion(yaw: float) -> tuple[float, float]:
+    import math
+
+    return math.sin(yaw / 2.0), math.cos(yaw / 2.0)
+
+
+def main(args=None) -> None:
+    from ki_vla_ros.ros.node_main import run_nodes
+
+    run_nodes(args, build=lambda argv: [SimRobotNode()])
+
+
+if __name__ == "__main__":
+    main(sys.argv)

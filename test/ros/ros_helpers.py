@@ -1,0 +1,79 @@
+"""Helpers for tests with real rclpy nodes: parameters, collectors, observation publishers."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def params(**values):
+    """parameter_overrides for a node."""
+    from rclpy.parameter import Parameter
+
+    return [Parameter(k, value=v) for k, v in values.items()]
+
+
+class Collector:
+    """Keeps every message of a subscription, with the receive time."""
+
+    def __init__(self, node, msg_type, topic, qos=10):
+        self.messages = []
+        self.times = []
+        node.create_subscription(msg_type, topic, self._on, qos)
+
+    def _on(self, msg):
+        self.times.append(time.monotonic())
+        self.messages.append(msg)
+
+    def __len__(self):
+        return len(self.messages)
+
+
+class ObservationPublisher:
+    """Publishes the single_arm (or any config's) cameras and joint states with one stamp."""
+
+    def __init__(self, node, config):
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image, JointState
+
+        self.node, self.config = node, config
+        self.cams = {c.name: node.create_publisher(Image if c.message_type == "raw" else CompressedImage,
+                                                   c.topic, qos_profile_sensor_data) for c in config.cameras}
+        self.joints_pub = node.create_publisher(JointState, config.joint_states_topic, qos_profile_sensor_data)
+        mid = {j: 0.5 * (l.lower + l.upper) for j, l in config.joint_limits.items()}
+        self.positions = dict(mid)
+        self.encoding = "rgb8"
+        self.stamp_offset_s = 0.0
+
+    def matched(self) -> bool:
+        return all(p.get_subscription_count() > 0 for p in [*self.cams.values(), self.joints_pub])
+
+    def publish(self, positions=None, names=None):
+        import cv2
+        from sensor_msgs.msg import CompressedImage, Image, JointState
+
+        stamp = self.node.get_clock().now()
+        stamp = (stamp.nanoseconds * 1e-9) + self.stamp_offset_s
+        from ki_vla_ros.ros.conversions import s_to_time
+
+        t = s_to_time(stamp)
+        for camera in self.config.cameras:
+            w, h = camera.width or 64, camera.height or 48
+            rgb = np.full((h, w, 3), 90, np.uint8)
+            rgb[h // 3: h // 2, w // 3: w // 2] = (200, 30, 30)
+            if camera.message_type == "raw":
+                channels = {"rgb8": 3, "bgr8": 3, "mono8": 1, "bgra8": 4, "rgba8": 4}.get(self.encoding, 2)
+                msg = Image(height=h, width=w, encoding=self.encoding, step=w * channels)
+                msg.data = np.zeros(h * w * channels, np.uint8).tobytes() if self.encoding != "rgb8" \
+                    else rgb.tobytes()
+            else:
+                msg = CompressedImage(format="jpeg")
+                msg.data = cv2.imencode(".jpg", rgb)[1].tobytes()
+            msg.header.stamp = t
+            self.cams[camera.name].publish(msg)
+        values = self.positions if positions is None else positions
+        names = list(values) if names is None else names
+        js = JointState(name=names, position=[float(values[n]) for n in names])
+        js.header.stamp = t
+        self.joints_pub.publish(js)
+        return stamp

@@ -72,6 +72,11 @@ class PolicyNode(LifecycleNode):
         self.obs_to_command_ms: deque[float] = deque(maxlen=1000)
         self.chunk_times_s: deque[float] = deque(maxlen=50)
         self.commands_published = 0
+        # Node overhead, excluding the model: per-message callback time (conversion + sync)
+        # and per-observation time outside predict_chunk (assembly, checks, execution,
+        # publishing). benchmarks/bench_node_overhead.py reads these.
+        self.callback_ms: dict[str, deque[float]] = {}
+        self.act_overhead_ms: deque[float] = deque(maxlen=5000)
         self.state = "unconfigured"
         if self.get_parameter("autostart").value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
@@ -166,7 +171,11 @@ class PolicyNode(LifecycleNode):
         if result.status.value == "emitted":
             self._new_observation.set()
 
+    def _record_callback(self, name: str, t0: float) -> None:
+        self.callback_ms.setdefault(name, deque(maxlen=20000)).append((time.perf_counter() - t0) * 1e3)
+
     def _on_image(self, camera: str, msg) -> None:
+        t0 = time.perf_counter()
         try:
             image = conv.image_to_rgb(msg, camera)
         except ObservationError as error:
@@ -174,12 +183,15 @@ class PolicyNode(LifecycleNode):
             self._report(str(error))
             return
         self._add(camera, conv.time_to_s(msg.header.stamp), image)
+        self._record_callback(camera, t0)
 
     def _on_joint_state(self, msg: JointState) -> None:
+        t0 = time.perf_counter()
         if len(msg.position) != len(msg.name):
             self._report(f"joint state has {len(msg.name)} names but {len(msg.position)} positions; ignored")
             return
         self._add(JOINT_STATES, conv.time_to_s(msg.header.stamp), joint_state_payload(msg.name, msg.position))
+        self._record_callback(JOINT_STATES, t0)
 
     def _on_odom(self, msg: Odometry) -> None:
         twist = msg.twist.twist
@@ -206,6 +218,7 @@ class PolicyNode(LifecycleNode):
                 self._hold(f"unexpected error: {error!r}")
 
     def _act_once(self) -> None:
+        t0 = time.perf_counter()
         try:
             observation = self.loop.take_observation(self.now_s())
         except ObservationError as error:
@@ -233,6 +246,7 @@ class PolicyNode(LifecycleNode):
                 self.trajectory_pubs[command.group].publish(conv.joint_trajectory_msg(command))
                 self.commands_published += 1
             self.obs_to_command_ms.append((self.now_s() - observation.stamp_s) * 1e3)
+            self.act_overhead_ms.append((time.perf_counter() - t0) * 1e3 - chunk.timings.inference_ms)
             self.state = "running"
 
     def _stream_twist(self) -> None:

@@ -17,6 +17,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# One torch thread per process: tests start several processes (nodes, DDP ranks) on a
+# 2-core machine, and oversubscribed OpenMP threads make tiny models many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 # ament_index_python needs the install prefix; in the venv route that is the venv itself.
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)

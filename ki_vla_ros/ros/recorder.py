@@ -44,7 +44,8 @@ from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
 
 DISCOVERY_PERIOD_S = 0.1  # how often the graph is checked for new publishers
 QUEUE_DEPTH = 1000  # deep enough for 500 Hz joint states while the bag writer is busy
-DRAIN_IDLE_S = 0.2  # the final drain ends after this long without a message
+DRAIN_IDLE_S = 0.1  # the final drain ends after this long without a message received before the stop
+DRAIN_MAX_S = 2.0  # ... or after this long, whatever the publishers keep sending
 
 
 def recorded_topics(config: RobotConfig) -> dict[str, str]:
@@ -78,6 +79,7 @@ class Recorder(Node):
         self.pending = dict(topics)  # not yet subscribed: waiting for a publisher
         self.subscriptions_by_topic: dict[str, Any] = {}
         self.last_message_monotonic = time.monotonic()
+        self.stop_ns: int | None = None  # set when stopping; later arrivals are not written
         for topic, msgtype in list(self.pending.items()):
             try:
                 message_class(msgtype)
@@ -110,11 +112,21 @@ class Recorder(Node):
         def on_message(data: bytes, info: Any) -> None:
             receive_ns = info.get("received_timestamp") if isinstance(info, dict) else None
             if not receive_ns:
-                receive_ns = self.get_clock().now().nanoseconds
+                receive_ns = time.time_ns()
+            if self.stop_ns is not None and receive_ns > self.stop_ns:
+                return  # arrived after the stop: the bag ends at the stop instant
             self.writer.write_raw(topic, receive_ns, data)
             self.last_message_monotonic = time.monotonic()
 
         return on_message
+
+    def drain(self, executor: SingleThreadedExecutor) -> None:
+        """Write what the middleware received before now but we have not taken yet."""
+        self.stop_ns = time.time_ns()
+        started = self.last_message_monotonic = time.monotonic()
+        while (time.monotonic() - self.last_message_monotonic < DRAIN_IDLE_S
+               and time.monotonic() - started < DRAIN_MAX_S):
+            executor.spin_once(timeout_sec=0.02)
 
 
 def _matching_qos(offered: list[QoSProfile]) -> QoSProfile:
@@ -147,15 +159,12 @@ def record(config: RobotConfig | str, out: str | Path, storage: str = "mcap",
     try:
         recorder = Recorder(writer, recorded_topics(config), context)
         executor.add_node(recorder)
-        print(f"recording {len(recorder.pending)} topics of '{config.name}' into {out} ({storage}); "
-              "Ctrl-C to stop", flush=True)
+        print(f"recording up to {len(recorder.pending) + len(recorder.subscriptions_by_topic)} topics of "
+              f"'{config.name}' into {out} ({storage}); Ctrl-C to stop", flush=True)
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not stop["requested"] and (deadline is None or time.monotonic() < deadline):
             executor.spin_once(timeout_sec=0.1)
-        # Drain: messages the middleware already delivered to our readers are written too.
-        recorder.last_message_monotonic = time.monotonic()
-        while time.monotonic() - recorder.last_message_monotonic < DRAIN_IDLE_S:
-            executor.spin_once(timeout_sec=0.02)
+        recorder.drain(executor)
     finally:
         writer.close()
         executor.shutdown()

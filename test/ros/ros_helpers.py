@@ -40,13 +40,19 @@ class ObservationPublisher:
         self.cams = {c.name: node.create_publisher(Image if c.message_type == "raw" else CompressedImage,
                                                    c.topic, qos_profile_sensor_data) for c in config.cameras}
         self.joints_pub = node.create_publisher(JointState, config.joint_states_topic, qos_profile_sensor_data)
+        self.odom_pub = None
+        if config.odom_topic:
+            from nav_msgs.msg import Odometry
+
+            self.odom_pub = node.create_publisher(Odometry, config.odom_topic, qos_profile_sensor_data)
         mid = {j: 0.5 * (l.lower + l.upper) for j, l in config.joint_limits.items()}
         self.positions = dict(mid)
         self.encoding = "rgb8"
         self.stamp_offset_s = 0.0
 
     def matched(self) -> bool:
-        return all(p.get_subscription_count() > 0 for p in [*self.cams.values(), self.joints_pub])
+        pubs = [*self.cams.values(), self.joints_pub] + ([self.odom_pub] if self.odom_pub else [])
+        return all(p.get_subscription_count() > 0 for p in pubs)
 
     def publish(self, positions=None, names=None):
         import cv2
@@ -76,4 +82,10 @@ class ObservationPublisher:
         js = JointState(name=names, position=[float(values[n]) for n in names])
         js.header.stamp = t
         self.joints_pub.publish(js)
+        if self.odom_pub is not None:
+            from nav_msgs.msg import Odometry
+
+            odom = Odometry()
+            odom.header.stamp = t
+            self.odom_pub.publish(odom)
         return stamp

@@ -1,0 +1,157 @@
+"""Predictor: the one object the runtime and the ROS nodes call; numpy in, robot units out.
+
+Observation -> model input, the same steps as training and replay (preprocess.py, normalize.py):
+
+    camera i   HxWx3 uint8 RGB (any size) -> resize_with_pad(S) -> [-1, 1]    None -> masked camera
+    state [D]  -> quantile normalize -> 256 bins -> "Task: {task}, State: {bins};\\nAction: " -> tokens
+
+and back: model actions [H, 32] (normalized, padded) -> first action_dim columns -> unnormalize.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .config import KIVLAConfig
+from .network import KIVLA, ModelInputs, batch_prompts
+from .normalize import NormStats, normalize, unnormalize
+from .preprocess import check_image, check_state, clean_task_text, discretize_state, format_prompt, preprocess_image
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def format_subtask_prompt(task: str) -> str:
+    """Prompt whose continuation is the next subtask (planner): "Task: {task}. Subtask: "."""
+    return f"Task: {clean_task_text(task)}. Subtask: "
+
+
+def prepare_images(images: Sequence[np.ndarray | None], num_cameras: int, size: int) -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
+    """Camera images (HxWx3 uint8 RGB, any size; None = missing) -> [1, N_cam, 3, S, S], masks [1, N_cam]."""
+    if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
+        raise ValueError(f"images is a {type(images).__name__}; expected a sequence of {num_cameras} "
+                         f"HxWx3 uint8 arrays (None for a missing camera)")
+    if len(images) != num_cameras:
+        raise ValueError(f"images has {len(images)} entries; expected num_cameras={num_cameras} "
+                         f"(None for a missing camera)")
+    pixels = torch.zeros(1, num_cameras, 3, size, size)
+    masks = torch.zeros(1, num_cameras, dtype=torch.bool)
+    for i, img in enumerate(images):
+        if img is not None:
+            pixels[0, i] = preprocess_image(check_image(img, name=f"images[{i}]"), size)
+            masks[0, i] = True
+    if not masks.any():
+        raise ValueError(f"all {num_cameras} images are None; expected at least one camera image")
+    return pixels, masks
+
+
+def prepare_inputs(images: Sequence[np.ndarray | None], state: np.ndarray, task: str, *, config: KIVLAConfig,
+                   text_tokenizer, state_stats: NormStats) -> ModelInputs:
+    """The documented way from numpy to a one-sample ModelInputs (B = 1) for sample_actions.
+
+    state: [state_stats.dim] in robot units; task: the instruction (or the planner's subtask).
+    """
+    pixels, masks = prepare_images(images, config.num_cameras, config.image_size)
+    state = check_state(state, expected_dim=state_stats.dim)
+    bins = discretize_state(normalize(state, state_stats), config.state_bins)
+    tokens, token_masks = batch_prompts(text_tokenizer, [format_prompt(task, bins)], config.max_token_len)
+    return ModelInputs(images=pixels, image_masks=masks, tokens=tokens, token_masks=token_masks)
+
+
+class Predictor:
+    """A loaded KIVLA with its tokenizer and norm stats; thread-safe (one call at a time)."""
+
+    def __init__(self, model: KIVLA):
+        stats = model.norm_stats or {}
+        missing = [k for k in ("state", "actions") if k not in stats]
+        if missing:
+            raise ValueError(f"model has no norm stats for {missing}; expected norm_stats.json with 'state' and "
+                             f"'actions' next to the weights")
+        if model.text_tokenizer is None:
+            raise ValueError("model has no text tokenizer; expected tokenizer.model (PaliGemma SentencePiece) "
+                             "or text_tokenizer.json next to the weights")
+        c = model.config
+        if stats["actions"].dim > c.action_dim:
+            raise ValueError(f"action norm stats have {stats['actions'].dim} dims; the model predicts "
+                             f"{c.action_dim} (config.action_dim)")
+        self.model = model.eval()
+        self.config = c
+        self.state_stats, self.action_stats = stats["state"], stats["actions"]
+        self.num_cameras = c.num_cameras
+        self.state_dim = self.state_stats.dim
+        self.action_dim = self.action_stats.dim
+        self.horizon = c.action_horizon
+        self.device = str(model.device)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto") -> "Predictor":
+        """device: "auto" (cuda when available), "cpu", "cuda", "cuda:1"; dtype: "auto" (bfloat16 on
+        cuda, float32 on cpu), "float32", "bfloat16", "float16"."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":
+            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype is {dtype!r}; expected 'auto' or one of {sorted(_DTYPES)}")
+        return cls(KIVLA.from_pretrained(path, device=device, dtype=_DTYPES[dtype]))
+
+    @classmethod
+    def tiny_random(cls, state_dim: int, action_dim: int, num_cameras: int, seed: int = 0) -> "Predictor":
+        """Tiny preset with random weights and identity-ish norm stats (robot units ~ [-1, 1])."""
+        config = KIVLAConfig.preset("tiny", num_cameras=num_cameras, action_dim=max(32, action_dim))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = KIVLA(config)
+        model.norm_stats = {"state": NormStats.identity(state_dim), "actions": NormStats.identity(action_dim)}
+        return cls(model)
+
+    def _noise(self, noise: np.ndarray | None) -> torch.Tensor | None:
+        if noise is None:
+            return None
+        noise = np.asarray(noise, dtype=np.float32)
+        full = (self.horizon, self.config.action_dim)
+        if noise.shape == (self.horizon, self.action_dim) and self.action_dim < full[1]:
+            noise = np.concatenate([noise, np.zeros((self.horizon, full[1] - self.action_dim), np.float32)], 1)
+        if noise.shape != full:
+            raise ValueError(f"noise has shape {noise.shape}; expected {full} or {(self.horizon, self.action_dim)}")
+        if not np.isfinite(noise).all():
+            raise ValueError("noise contains NaN or inf; expected finite values")
+        return torch.from_numpy(noise)[None]
+
+    def predict_chunk(self, images: Sequence[np.ndarray | None], state: np.ndarray, prompt: str,
+                      noise: np.ndarray | None = None) -> np.ndarray:
+        """One action chunk [horizon, action_dim] float32 in robot units (un-normalized).
+
+        images: num_cameras entries, HxWx3 uint8 RGB of any size, None = missing camera;
+        state: [state_dim] in robot units; prompt: the task; noise: [horizon, D] for reproducibility.
+        """
+        inputs = prepare_inputs(images, state, prompt, config=self.config, text_tokenizer=self.model.text_tokenizer,
+                                state_stats=self.state_stats)
+        noise_t = self._noise(noise)
+        with self._lock, torch.inference_mode():
+            actions = self.model.sample_actions(inputs.to(self.model.device), noise=noise_t)
+        return unnormalize(actions[0, :, : self.action_dim].float().cpu().numpy(), self.action_stats)
+
+    def generate_subtask(self, images: Sequence[np.ndarray | None], task: str, max_new_tokens: int = 24) -> str:
+        """The next subtask as text, greedy-decoded by the backbone from the images and the task."""
+        pixels, masks = prepare_images(images, self.num_cameras, self.config.image_size)
+        tokens, token_masks = batch_prompts(self.model.text_tokenizer, [format_subtask_prompt(task)],
+                                            self.config.max_token_len)
+        inputs = ModelInputs(images=pixels, image_masks=masks, tokens=tokens, token_masks=token_masks)
+        with self._lock, torch.inference_mode():
+            ids = self.model.generate_text(inputs.to(self.model.device), max_new_tokens)[0]
+        return self.model.text_tokenizer.decode(ids).strip()
+
+    def warmup(self) -> None:
+        """Run each path once so the first real call does not pay for lazy initialization."""
+        s = self.config.image_size
+        images = [np.zeros((s, s, 3), np.uint8)] * self.num_cameras
+        state = self.state_stats.mean.astype(np.float64)
+        for _ in range(2):
+            self.predict_chunk(images, state, "warm up")
+        self.generate_subtask(images, "warm up", max_new_tokens=2)

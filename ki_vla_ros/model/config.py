@@ -106,7 +106,7 @@ class KIVLAConfig:
                 vocab_size=1024,  # 259 byte-level text ids, then 256 FAST ids below the 128 skipped tail ids
                 expert_width=64, expert_depth=4, expert_mlp_dim=128, expert_num_heads=4,
                 expert_num_kv_heads=1, expert_head_dim=32,
-                action_horizon=10, max_token_len=128, max_target_len=48, fast_vocab_size=256,
+                action_horizon=10, max_token_len=256, max_target_len=48, fast_vocab_size=256,
                 num_cameras=2, text_tokenizer="byte",
             )
         else:

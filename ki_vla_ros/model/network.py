@@ -573,14 +573,20 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def batch_prompts(tokenizer, prompts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize prompts (with BOS) -> right-padded ids [B, max_len] long and mask [B, max_len] bool."""
-    ids = torch.full((len(prompts), max_len), tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), max_len, dtype=torch.bool)
-    for i, text in enumerate(prompts):
-        seq = tokenizer.encode(text, add_bos=True)
+    """Tokenize prompts (with BOS) -> right-padded ids [B, L] long and mask [B, L] bool.
+
+    L is the longest prompt, not max_len: padding is masked out (tests check it changes
+    nothing), so shorter sequences are only faster. max_len is the limit a prompt may reach.
+    """
+    seqs = [tokenizer.encode(text, add_bos=True) for text in prompts]
+    for i, seq in enumerate(seqs):
         if len(seq) > max_len:
             raise ValueError(f"prompt {i} is {len(seq)} tokens; max_token_len is {max_len} "
                              f"(shorten the task text or raise max_token_len)")
+    length = max(len(seq) for seq in seqs)
+    ids = torch.full((len(prompts), length), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), length, dtype=torch.bool)
+    for i, seq in enumerate(seqs):
         ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[i, : len(seq)] = True
     return ids, mask

@@ -54,8 +54,8 @@ class Graph:
         return {name: p.returncode for name, p in self.processes.items()}
 
 
-def run_bringup(config: str, sim: bool, checkpoint: str = "") -> int:
-    specs = graph_nodes(config, sim=sim, checkpoint=checkpoint)
+def run_bringup(config: str, sim: bool, checkpoint: str = "", use_sim_time: bool = False) -> int:
+    specs = graph_nodes(config, sim=sim, checkpoint=checkpoint, use_sim_time=use_sim_time)
     print(f"[bringup] {config}: starting " + ", ".join(s.name for s in specs)
           + f" (ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')})")
     graph = Graph(specs)

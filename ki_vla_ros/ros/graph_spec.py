@@ -27,20 +27,22 @@ class NodeSpec:
         return f"ki_vla_ros.ros.{self.executable}"
 
 
-def graph_nodes(config: str, sim: bool = False, checkpoint: str = "") -> list[NodeSpec]:
+def graph_nodes(config: str, sim: bool = False, checkpoint: str = "",
+                use_sim_time: bool = False) -> list[NodeSpec]:
     """The nodes for robot config `config` (a name in config/ or a YAML path).
 
     sim adds sim_robot, which plays the robot (joint states, cameras, controllers). With the
     planner enabled in the config, the planner runs inside the policy_node process so both
-    share one loaded model.
+    share one loaded model. use_sim_time: every node follows /clock (e.g. `ki-vla play --clock`).
     """
     path = str(resolve_config_path(config))
     robot = load_robot_config(path)
+    common = {"config": path, **({"use_sim_time": True} if use_sim_time else {})}
     nodes = []
     if sim:
-        nodes.append(NodeSpec("sim_robot", "sim_robot", {"config": path}))
-    nodes.append(NodeSpec("command_mux", "command_mux", {"config": path}))
-    policy_params = {"config": path, "checkpoint": checkpoint}
+        nodes.append(NodeSpec("sim_robot", "sim_robot", dict(common)))
+    nodes.append(NodeSpec("command_mux", "command_mux", dict(common)))
+    policy_params = {**common, "checkpoint": checkpoint}
     arguments = ("--with-planner",) if robot.planner.enabled else ()
     nodes.append(NodeSpec("policy_node", "policy_node", policy_params, arguments))
     return nodes
@@ -84,7 +86,8 @@ def launch_description(default_config: str):
         config = LaunchConfiguration("config").perform(context)
         sim = LaunchConfiguration("sim").perform(context).lower() in ("true", "1", "yes")
         checkpoint = LaunchConfiguration("checkpoint").perform(context)
-        return [Node(**launch_node_kwargs(spec)) for spec in graph_nodes(config, sim, checkpoint)]
+        sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1", "yes")
+        return [Node(**launch_node_kwargs(spec)) for spec in graph_nodes(config, sim, checkpoint, sim_time)]
 
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value=default_config,
@@ -93,5 +96,7 @@ def launch_description(default_config: str):
                               description="also start sim_robot instead of a real robot"),
         DeclareLaunchArgument("checkpoint", default_value="",
                               description="model checkpoint directory or 'tiny' (default: from the config)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="follow /clock (replaying a bag with ki-vla play --clock)"),
         OpaqueFunction(function=nodes),
     ])

@@ -63,13 +63,15 @@ def test_launch_file_and_bringup_start_the_same_nodes_with_the_same_parameters(n
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "launch_description"]
     assert len(calls) == 1 and calls[0].args[0].value == name, \
         f"{launch_file.name} must build its nodes with launch_description({name!r})"
-    for sim in (False, True):
-        for spec in graph_nodes(name, sim=sim, checkpoint="tiny"):
+    for sim, sim_time in ((False, False), (True, False), (False, True)):
+        for spec in graph_nodes(name, sim=sim, checkpoint="tiny", use_sim_time=sim_time):
             launch = launch_node_kwargs(spec)
             cli = command_line(spec, "python")
             assert cli[2] == f"ki_vla_ros.ros.{launch['executable']}"
             cli_params = dict(arg.split(":=", 1) for arg in cli[cli.index("--ros-args"):] if ":=" in arg)
-            launch_params = {k: (str(v) if v != "" else "''") for k, v in launch["parameters"][0].items()}
+            launch_params = {k: ("true" if v is True else str(v) if v != "" else "''")
+                             for k, v in launch["parameters"][0].items()}
+            assert ("use_sim_time" in launch_params) == sim_time
             assert cli_params == launch_params
             assert cli[3:cli.index("--ros-args")] == launch["arguments"]
 

@@ -33,6 +33,8 @@ $(VENV)/.stamp-msgs: $(VENV)/.stamp-deps CMakeLists.txt package.xml $(wildcard c
 	  -DKI_VLA_INSTALL_PYTHON=OFF -DPython3_EXECUTABLE=$(PY) -DBUILD_TESTING=OFF > $(BUILD).log 2>&1 \
 	  || (cat $(BUILD).log; exit 1)
 	cmake --build $(BUILD) -j2 >> $(BUILD).log 2>&1 || (tail -50 $(BUILD).log; exit 1)
+	@# The share directory mirrors launch/ and config/ exactly (install never deletes files).
+	rm -rf $(PREFIX)/share/ki_vla_ros/launch $(PREFIX)/share/ki_vla_ros/config
 	cmake --install $(BUILD) >> $(BUILD).log 2>&1 || (tail -50 $(BUILD).log; exit 1)
 	@# rosidl also writes ki_vla_ros-*.egg-info listing the generated files; pip would take
 	@# it for an older install of this package and delete the messages when installing -e.

@@ -33,10 +33,12 @@ def action_ranges(config: RobotConfig) -> np.ndarray:
     return np.asarray(ranges, dtype=np.float64)
 
 
-def first_executed_step(latency_s: float, step_duration_s: float) -> int:
-    """Steps k with k * dt < latency have passed when the chunk arrives; the robot drops them
-    (runtime/chunking.py), so the first executed step is ceil(latency / dt)."""
-    return max(0, math.ceil(latency_s / step_duration_s - 1e-9))
+def first_executed_step(latency_s: float, step_duration_s: float, lead_s: float = 0.0) -> int:
+    """Step k is due lead_s + k * dt after the observation (lead_s = chunk start_time - stamp,
+    one step for the policy's chunks). Steps due before the chunk arrives (latency_s after the
+    observation) are dropped by the robot (runtime/chunking.py): the first executed step is
+    ceil((latency - lead) / dt)."""
+    return max(0, math.ceil((latency_s - lead_s) / step_duration_s - 1e-9))
 
 
 @dataclass(frozen=True)

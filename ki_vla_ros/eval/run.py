@@ -171,7 +171,8 @@ def _evaluate_bag(path: Path, config: RobotConfig, policy: PolicyLike, *, latenc
                 inference_ms = chunk.timings.total_ms if chunk.timings else chunk.inference_latency_s * 1e3
                 assumed_s = latency_s if latency_s is not None else inference_ms * 1e-3
                 latency = replayed.age_s + assumed_s
-                first = first_executed_step(latency, dt) if latency_aware else 0
+                lead_s = chunk.start_time_s - chunk.stamp_s
+                first = first_executed_step(latency, dt, lead_s) if latency_aware else 0
                 compared = exists.copy()
                 compared[:first] = False
                 window = Window(bag=str(path), stamp_s=observation.stamp_s, step_duration_s=dt,

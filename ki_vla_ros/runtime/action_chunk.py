@@ -20,9 +20,11 @@ class ActionChunk:
 
     stamp_s: time of the observation the chunk was computed from (ActionChunk.msg: the
         newest stamp of the synchronized camera/joint-state set).
-    start_time_s: when step 0 should execute (= stamp_s: step 0 is the command for the
-        instant the observation was taken; execution drops the steps that passed while
-        the model ran).
+    start_time_s: when the robot should be at step 0 (= stamp_s + step_duration_s for the
+        policy). The actions are position targets, as in the training data: actions[t] of an
+        episode is where the robot is commanded to be one step after observation t. So step k
+        of a chunk is due at stamp_s + (k + 1) * step_duration_s; execution drops the steps
+        whose time passed while the model ran.
     actions: float32 [H, D] in robot units (rad, m, m/s), columns named by action_names.
     """
 

@@ -90,7 +90,7 @@ class Policy:
                                    total_ms=(t3 - t0) * 1e3)
         return ActionChunk(
             stamp_s=observation.stamp_s,
-            start_time_s=observation.stamp_s,
+            start_time_s=observation.stamp_s + self.config.chunk.step_duration_s,
             step_duration_s=self.config.chunk.step_duration_s,
             action_names=self.config.action_names,
             actions=actions,

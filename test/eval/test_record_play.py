@@ -43,7 +43,7 @@ def test_record_on_the_live_sim_graph_then_eval_bag_round_trips(tmp_path, ros_en
     try:
         # publishes once sim_robot and the recorder both subscribe, exits when all is acked
         commands = subprocess.run([sys.executable, str(HERE / "command_publisher.py"), str(CONFIG_PATH),
-                                   "--duration", "1.5", "--period", "0.3", "--subscribers", "2"],
+                                   "--duration", "2.5", "--period", "0.3", "--subscribers", "2"],
                                   env=ros_env, capture_output=True, text=True, timeout=60)
         assert commands.returncode == 0, commands.stderr[-3000:]
         published = json.loads(commands.stdout.strip().splitlines()[-1])

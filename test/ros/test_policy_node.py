@@ -61,8 +61,9 @@ def test_a_synchronized_observation_yields_a_chunk_and_trajectories_with_control
     _publish_until(ros_graph, observations, lambda: len(arm) > 0 and len(gripper) > 0 and len(chunks) > 0,
                    "a chunk and trajectories")
     chunk = chunks.messages[0]
-    # Chunk: stamped with its observation, step 0 due at the observation time, horizon x dim actions.
-    assert chunk.start_time == chunk.header.stamp
+    # Chunk: stamped with its observation; step 0 is due one step later (actions are the
+    # targets one step after the observation, as in the training data).
+    assert abs(_to_s(chunk.start_time) - _to_s(chunk.header.stamp) - CONFIG.chunk.step_duration_s) < 1e-6
     assert chunk.horizon == CONFIG.chunk.horizon_steps and chunk.dim == CONFIG.action_dim
     assert list(chunk.action_names) == list(CONFIG.action_names)
     assert len(chunk.actions) == chunk.horizon * chunk.dim
@@ -74,7 +75,7 @@ def test_a_synchronized_observation_yields_a_chunk_and_trajectories_with_control
     # or after the time it was executed), time_from_start = k * step duration.
     trajectory = arm.messages[0]
     dt = CONFIG.chunk.step_duration_s
-    first_step = (_to_s(trajectory.header.stamp) - _to_s(chunk.header.stamp)) / dt
+    first_step = (_to_s(trajectory.header.stamp) - _to_s(chunk.start_time)) / dt
     assert first_step >= 0 and abs(first_step - round(first_step)) < 1e-6, first_step
     assert list(trajectory.joint_names) == list(CONFIG.action_group("arm").joints)
     assert len(trajectory.points) == CONFIG.chunk.horizon_steps - round(first_step)

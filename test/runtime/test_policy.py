@@ -55,11 +55,13 @@ def test_the_test_predictor_implements_the_protocol():
     assert isinstance(RampPredictor(8, 8), Predictor)
 
 
-def test_infer_returns_a_chunk_at_the_observation_time_with_timings(config):
+def test_infer_returns_a_chunk_stamped_at_the_observation_and_due_one_step_later(config):
     predictor = RampPredictor(8, 8)
     observation = observation_for(config)
     result = Policy(predictor, config).infer(observation)
-    assert result.stamp_s == result.start_time_s == 5.0
+    # actions are position targets one step after the observation (as in training data)
+    assert result.stamp_s == 5.0
+    assert result.start_time_s == pytest.approx(5.0 + config.chunk.step_duration_s)
     assert result.step_duration_s == config.chunk.step_duration_s
     assert result.action_names == config.action_names
     assert result.actions.dtype == np.float32
@@ -124,7 +126,9 @@ def test_synchronized_messages_become_safe_joint_trajectories(config):
 
     scheduler = ChunkScheduler(config.chunk)
     plan = scheduler.plan(action_chunk, now_s=10.25)  # 250 ms after the images were taken
-    assert plan.dropped_steps == 3  # observation stamp 10.004 (the newest, as ActionChunk.msg says)
+    # observation stamp 10.004 (the newest, as ActionChunk.msg says); step k is due at
+    # 10.104 + 0.1 k, so steps 0 and 1 have passed at 10.25
+    assert plan.dropped_steps == 2
     safety = SafetyFilter.from_robot_config(config)
     filtered = safety.filter(plan.trajectory.actions, reference=measured_reference(observation, config))
     assert filtered.status.value == "clipped"

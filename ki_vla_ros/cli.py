@@ -35,11 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     bringup.add_argument("config", help="single_arm, bimanual, mobile or a YAML path")
     bringup.add_argument("--sim", action="store_true", help="also start sim_robot (no real robot)")
     bringup.add_argument("--checkpoint", default="", help="model checkpoint directory or 'tiny'")
+    bringup.add_argument("--use-sim-time", action="store_true",
+                         help="nodes follow /clock (with `ki-vla play BAG --clock`)")
     bringup.set_defaults(func=_run_bringup)
 
     from ki_vla_ros.eval.commands import add_subcommands
 
     add_subcommands(sub)  # eval-bag, record, play
+    from ki_vla_ros.train.commands import add_subcommands as add_train_subcommands
+
+    add_train_subcommands(sub)  # convert, make-sim-dataset, train
     return parser
 
 
@@ -53,7 +58,7 @@ def _run_demo(args) -> int:
 def _run_bringup(args) -> int:
     from ki_vla_ros.ros.bringup import run_bringup
 
-    return run_bringup(args.config, sim=args.sim, checkpoint=args.checkpoint)
+    return run_bringup(args.config, sim=args.sim, checkpoint=args.checkpoint, use_sim_time=args.use_sim_time)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,111 @@
+"""Everything a training run needs besides the loop: model, norm stats, FAST, samplers.
+
+    prepare_run(data_dir, train_config, init="tiny" | checkpoint dir, vlm_data=None)
+
+- model: `--resume` with OUT/last present -> that checkpoint (with the norm stats and FAST
+  tokenizer it was trained with); init "tiny" -> the tiny preset sized for the dataset (enough
+  image slots and action dims), seeded; otherwise KIVLA.from_pretrained(init) (e.g. π0.5).
+- norm stats and FAST: the dataset's, fitted and written into it when missing (rank 0 writes,
+  the other ranks wait and read); the model carries them so its checkpoints are self-contained.
+- samplers: robot samples from the dataset; VLM samples from --vlm-data (or the dataset's own
+  vlm.jsonl) when vlm_ratio > 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ki_vla_ros.model.config import KIVLAConfig
+from ki_vla_ros.model.network import KIVLA
+from ki_vla_ros.model.normalize import normalize
+from ki_vla_ros.train.batching import ActionChunkSampler, VLMSampler
+from ki_vla_ros.train.dataset import EpisodeDataset, ensure_fast_tokenizer, ensure_norm_stats
+from ki_vla_ros.train.distributed import DistContext, barrier, init_distributed
+from ki_vla_ros.train.trainer import LAST_DIR, TRAINER_STATE_JSON, TrainConfig
+
+_FAST_LENGTH_SAMPLE = 2000  # chunks checked against max_target_len
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    model: KIVLA
+    dataset: EpisodeDataset
+    action_sampler: ActionChunkSampler | None
+    vlm_sampler: VLMSampler | None
+    context: DistContext
+
+
+def tiny_config_for(dataset: EpisodeDataset, **overrides) -> KIVLAConfig:
+    """The tiny preset with enough image slots and action dims for this dataset."""
+    slots = max(dataset.camera_slots.values()) + 1
+    base = KIVLAConfig.preset("tiny")
+    return KIVLAConfig.preset("tiny", num_cameras=max(base.num_cameras, slots),
+                              action_dim=max(base.action_dim, len(dataset.action_names)), **overrides)
+
+
+def build_model(init: str, dataset: EpisodeDataset, seed: int = 0) -> KIVLA:
+    if init == "tiny":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return KIVLA(tiny_config_for(dataset))
+    if not Path(init).is_dir():
+        raise FileNotFoundError(f"--init is {init!r}; expected 'tiny' or a checkpoint directory")
+    return KIVLA.from_pretrained(init)
+
+
+def check_fits(model: KIVLA, dataset: EpisodeDataset) -> None:
+    c = model.config
+    slots = max(dataset.camera_slots.values()) + 1
+    if slots > c.num_cameras or len(dataset.action_names) > c.action_dim:
+        raise ValueError(f"dataset {dataset.root} needs {slots} image slots and {len(dataset.action_names)} "
+                         f"action dims; the model has num_cameras={c.num_cameras}, action_dim={c.action_dim}")
+
+
+def prepare_run(data_dir, config: TrainConfig, *, init: str = "tiny", vlm_data=None) -> TrainingRun:
+    ctx = init_distributed(config.device)
+    dataset = EpisodeDataset.open(data_dir)
+    last = Path(config.out_dir or "") / LAST_DIR
+    resumed = config.resume and config.out_dir is not None and (last / TRAINER_STATE_JSON).is_file()
+    model = KIVLA.from_pretrained(last) if resumed else build_model(init, dataset, config.seed)
+    check_fits(model, dataset)
+    c = model.config
+
+    if not (resumed and model.norm_stats):
+        if ctx.is_main:
+            ensure_norm_stats(dataset)
+        barrier(ctx)
+        model.norm_stats = ensure_norm_stats(dataset)
+    if config.recipe != "pi0" and not (resumed and model.fast_tokenizer is not None):
+        if ctx.is_main:
+            ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size)
+        barrier(ctx)
+        model.fast_tokenizer = ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size)
+        _check_fast_lengths(model, dataset)
+
+    action_sampler = None
+    if config.vlm_ratio < 1.0:
+        action_sampler = ActionChunkSampler(dataset, c, model.text_tokenizer, model.fast_tokenizer,
+                                            model.norm_stats, c.action_horizon, seed=config.seed)
+    vlm_sampler = None
+    if config.vlm_ratio > 0.0:
+        vlm_dataset = EpisodeDataset.open(vlm_data) if vlm_data else dataset
+        vlm_sampler = VLMSampler.from_dataset(vlm_dataset, c, model.text_tokenizer)
+    return TrainingRun(model, dataset, action_sampler, vlm_sampler, ctx)
+
+
+def _check_fast_lengths(model: KIVLA, dataset: EpisodeDataset) -> None:
+    """Warn when FAST sequences of this data often exceed max_target_len (their CE is skipped)."""
+    c, fast = model.config, model.fast_tokenizer
+    chunks = normalize(dataset.chunks(c.action_horizon), model.norm_stats["actions"])
+    pick = np.random.default_rng(0).choice(len(chunks), min(len(chunks), _FAST_LENGTH_SAMPLE), replace=False)
+    lengths = np.array([len(fast.encode(chunks[i])) + 1 for i in pick])  # + EOS
+    too_long = float((lengths > c.max_target_len).mean())
+    if too_long > 0.01:
+        warnings.warn(f"{too_long:.1%} of FAST action sequences (+ EOS) are longer than max_target_len="
+                      f"{c.max_target_len} (longest {lengths.max()}); their cross-entropy is skipped. Raise "
+                      f"max_target_len or the FAST vocabulary size", stacklevel=2)

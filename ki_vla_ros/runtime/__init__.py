@@ -8,6 +8,11 @@
     chunking      latency compensation, blending, when to request the next chunk
     safety        limits from config; NaN/inf -> hold
     commands      trajectory -> per-group JointTrajectory / Twist commands
+    policy_loop   all of the above in order: messages in, commands out (node and replay)
+    mux           teleop / policy / hold command multiplexer with bumpless hand-off
+    subtask_filter  planner hysteresis: a changed subtask must repeat before it is used
+    joint_state_cache  merge JointState messages by joint name, with ages
+    model_loading  load the predictor a config names (torch imported only then)
 
 Nothing here imports rclpy or torch: times are float seconds, images numpy arrays.
 """

@@ -40,8 +40,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                           help="prompt for every observation (default: as recorded, else the config's)")
     evaluate.add_argument("--device", default=None, help="torch device (default: the config's)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the flow-matching noise")
-    evaluate.add_argument("--torch-threads", type=int, default=None,
-                          help="torch CPU threads (default: torch's choice; 1 helps on a busy machine)")
+    evaluate.add_argument("--torch-threads", type=int, default=0,
+                          help="torch CPU threads (default 0 = auto: a quarter of the cores, at least 1)")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     evaluate.set_defaults(func=_eval_bag)
 

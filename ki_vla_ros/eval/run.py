@@ -55,18 +55,12 @@ def as_policy(predictor_or_policy: Any, config: RobotConfig) -> PolicyLike:
 
 
 def load_policy(config: RobotConfig, checkpoint: str | None = None, device: str | None = None,
-                torch_threads: int | None = None) -> Policy:
-    """The node's model loading (runtime/model_loading.py): 'tiny' or a checkpoint directory.
+                torch_threads: int = 0) -> Policy:
+    """The node's model loading (runtime/model_loading.py): 'tiny' or a checkpoint directory,
+    with the node's torch thread choice (0 = auto, see set_torch_threads)."""
+    from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 
-    torch_threads: on a busy machine torch's default of one thread per core fights the
-    other processes; 1 thread was 6x faster (p50) for the tiny model on a loaded 2-core box.
-    """
-    from ki_vla_ros.runtime.model_loading import load_predictor
-
-    if torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(torch_threads)
+    set_torch_threads(torch_threads)
     return Policy(load_predictor(config, checkpoint, device=device), config)
 
 

@@ -28,7 +28,7 @@ from ki_vla_ros.msg import Subtask
 from ki_vla_ros.ros import conversions as conv
 from ki_vla_ros.ros.policy_node import SUBTASK_TOPIC
 from ki_vla_ros.runtime.config import load_robot_config
-from ki_vla_ros.runtime.model_loading import load_predictor
+from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
 from ki_vla_ros.runtime.subtask_filter import SubtaskFilter
 
@@ -43,7 +43,11 @@ class PlannerNode(Node):
         self.declare_parameter("checkpoint", "", ParameterDescriptor(
             description="model checkpoint directory or 'tiny'; empty = model.checkpoint from the config "
                         "(ignored when sharing the policy node's model)"))
+        self.declare_parameter("torch_threads", 0, ParameterDescriptor(
+            description="torch CPU threads when loading its own model; 0 = auto"))
         self.config = load_robot_config(self.get_parameter("config").value)
+        if predictor is None:
+            set_torch_threads(self.get_parameter("torch_threads").value)
         self.predictor = predictor or load_predictor(self.config, self.get_parameter("checkpoint").value or None)
         self.filter = SubtaskFilter.from_config(self.config.planner)
         self.task = ""

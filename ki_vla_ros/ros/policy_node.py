@@ -36,7 +36,7 @@ from ki_vla_ros.ros import conversions as conv
 from ki_vla_ros.runtime.chunking import Trajectory
 from ki_vla_ros.runtime.commands import joint_trajectory_commands
 from ki_vla_ros.runtime.config import ConfigError, RobotConfig, load_robot_config
-from ki_vla_ros.runtime.model_loading import load_predictor
+from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
 from ki_vla_ros.runtime.policy import Policy, PolicyError
 from ki_vla_ros.runtime.policy_loop import JOINT_STATES, ODOM, PolicyLoop, joint_state_payload
@@ -60,6 +60,8 @@ class PolicyNode(LifecycleNode):
             description="model checkpoint directory or 'tiny'; empty = model.checkpoint from the config"))
         self.declare_parameter("autostart", True, ParameterDescriptor(
             description="configure and activate on startup"))
+        self.declare_parameter("torch_threads", 0, ParameterDescriptor(
+            description="torch CPU threads for the model; 0 = auto (a quarter of the cores, at least 1)"))
         self._shared_predictor = predictor  # one model for policy + planner in one process
         self.config: RobotConfig | None = None
         self.policy: Policy | None = None
@@ -86,12 +88,13 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.config = load_robot_config(self.get_parameter("config").value)
+            threads = set_torch_threads(self.get_parameter("torch_threads").value)
             predictor = self._shared_predictor or load_predictor(
                 self.config, checkpoint=self.get_parameter("checkpoint").value or None)
             self.policy = Policy(predictor, self.config)
             t0 = time.perf_counter()
             predictor.warmup()
-            self.get_logger().info(f"model ready on {predictor.device} (warm-up "
+            self.get_logger().info(f"model ready on {predictor.device}, {threads} CPU thread(s) (warm-up "
                                    f"{(time.perf_counter() - t0) * 1e3:.0f} ms); robot '{self.config.name}'")
         except (ConfigError, PolicyError, FileNotFoundError, ValueError) as error:
             self.get_logger().error(f"configure failed: {error}")

@@ -182,7 +182,7 @@ class PolicyNode(LifecycleNode):
         try:
             image = conv.image_to_rgb(msg, camera)
         except ObservationError as error:
-            self.loop._count_error(str(error))
+            self.loop.record_error(str(error))
             self._report(str(error))
             return
         self._add(camera, conv.time_to_s(msg.header.stamp), image)

@@ -119,7 +119,7 @@ class PolicyLoop:
             self._last_used_stamp_s = synced.newest_stamp_s
         age_s = now_s - synced.oldest_stamp_s
         if age_s > self.config.sync.max_age_s:
-            self._count_error(f"newest synchronized observation is {age_s:.3f} s old; "
+            self.record_error(f"newest synchronized observation is {age_s:.3f} s old; "
                               f"sync.max_age_s is {self.config.sync.max_age_s} s; not acted on")
             raise ObservationError(self.counters.last_error)
         return self.assemble(synced, instruction)
@@ -134,12 +134,14 @@ class PolicyLoop:
                 joint_positions=joints.positions, prompt=instruction,
                 base_velocity=payloads.get(ODOM))
         except ObservationError as error:
-            self._count_error(str(error))
+            self.record_error(str(error))
             raise
         self.counters.observations += 1
         return observation
 
-    def _count_error(self, message: str) -> None:
+    def record_error(self, message: str) -> None:
+        """Count an observation that could not be used (e.g. an image the caller could not
+        decode) and keep its message for diagnostics."""
         with self._lock:
             self.counters.observation_errors += 1
             self.counters.last_error = message

@@ -39,11 +39,9 @@ from ki_vla_ros.runtime.observation import (
 from ki_vla_ros.runtime.policy_loop import JOINT_STATES, ODOM, PolicyLoop, joint_state_payload
 from ki_vla_ros.runtime.policy_loop import sync_inputs as policy_loop_inputs
 from ki_vla_ros.runtime.sync import SyncStatus
+from ki_vla_ros.runtime.topics import INSTRUCTION_TOPIC, SUBTASK_TOPIC
 
 # Graph topics that are not in the robot config (DESIGN.md section 3).
-INSTRUCTION_TOPIC = "/ki_vla/instruction"
-SUBTASK_TOPIC = "/ki_vla/subtask"
-ACTION_CHUNK_TOPIC = "/ki_vla/action_chunk"
 
 
 TargetChoice = Literal["auto", "commands", "measured"]

@@ -28,8 +28,8 @@ from ki_vla_ros.ros import conversions as conv
 from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TwistCommand
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.runtime.mux import CommandMux, CommandSource, MuxMode
+from ki_vla_ros.runtime.topics import MODE_TOPIC
 
-MODE_TOPIC = "/ki_vla/mux/mode"
 
 
 class CommandMuxNode(Node):

@@ -47,9 +47,7 @@ class DemoObserver:
         from trajectory_msgs.msg import JointTrajectory
 
         from ki_vla_ros.msg import ActionChunk, Subtask
-        from ki_vla_ros.ros.command_mux import MODE_TOPIC
-        from ki_vla_ros.ros.planner_node import TASK_TOPIC
-        from ki_vla_ros.ros.policy_node import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC
+        from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, MODE_TOPIC, TASK_TOPIC
 
         self.node, self.config = node, config
         self.chunks, self.inference_ms, self.commands = 0, [], 0

@@ -26,13 +26,12 @@ from std_msgs.msg import String
 
 from ki_vla_ros.msg import Subtask
 from ki_vla_ros.ros import conversions as conv
-from ki_vla_ros.ros.policy_node import SUBTASK_TOPIC
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
 from ki_vla_ros.runtime.subtask_filter import SubtaskFilter
+from ki_vla_ros.runtime.topics import SUBTASK_TOPIC, TASK_TOPIC
 
-TASK_TOPIC = "/ki_vla/task"
 
 
 class PlannerNode(Node):

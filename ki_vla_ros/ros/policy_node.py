@@ -40,10 +40,8 @@ from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
 from ki_vla_ros.runtime.policy import Policy, PolicyError
 from ki_vla_ros.runtime.policy_loop import JOINT_STATES, ODOM, PolicyLoop, joint_state_payload
+from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUBTASK_TOPIC
 
-INSTRUCTION_TOPIC = "/ki_vla/instruction"
-SUBTASK_TOPIC = "/ki_vla/subtask"
-ACTION_CHUNK_TOPIC = "/ki_vla/action_chunk"
 
 
 def percentile_ms(values, q: float) -> float:

@@ -39,7 +39,7 @@ from ki_vla_ros.eval.bag_io import (
     ACTION_CHUNK, COMPRESSED_IMAGE, IMAGE, JOINT_STATE, JOINT_TRAJECTORY, ODOMETRY, STRING, SUBTASK,
     TWIST, BagWriter)
 from ki_vla_ros.eval.commands import add_record_arguments
-from ki_vla_ros.eval.episodes import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUBTASK_TOPIC
+from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUBTASK_TOPIC
 from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
 
 DISCOVERY_PERIOD_S = 0.1  # how often the graph is checked for new publishers

@@ -27,7 +27,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla_ros.ros import conversions as conv
-from ki_vla_ros.ros.policy_node import INSTRUCTION_TOPIC
+from ki_vla_ros.runtime.topics import INSTRUCTION_TOPIC
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.sim.robot import SimRobot
 

@@ -24,7 +24,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from episode_bags import COMMAND_GRID_S, commanded_actions
-from ki_vla_ros.eval.episodes import INSTRUCTION_TOPIC
+from ki_vla_ros.runtime.topics import INSTRUCTION_TOPIC
 from ki_vla_ros.ros.graph import spin_until
 from ki_vla_ros.runtime.config import load_robot_config
 

@@ -18,7 +18,7 @@ import numpy as np
 from ki_vla_ros.eval.bag_io import (
     COMPRESSED_IMAGE, IMAGE, JOINT_STATE, JOINT_TRAJECTORY, STRING, BagWriter, make_compressed_image,
     make_image, make_joint_state, make_joint_trajectory, make_string)
-from ki_vla_ros.eval.episodes import INSTRUCTION_TOPIC
+from ki_vla_ros.runtime.topics import INSTRUCTION_TOPIC
 from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
 from ki_vla_ros.sim import SimRobot
 

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ki_vla_ros.train.commands import add_subcommands as add_train_subcommands
 
     add_train_subcommands(sub)  # convert, make-sim-dataset, train
+    from ki_vla_ros.train.experiment.commands import add_subcommands as add_experiment_subcommands
+
+    add_experiment_subcommands(sub)  # ki-claims, make-demo-checkpoint
     return parser
 
 

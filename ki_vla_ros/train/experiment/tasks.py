@@ -1,0 +1,137 @@
+"""Synthetic data of the small-scale KI study, all about the same simulated table scenes.
+
+One seed = one scene, one instruction and one expert demonstration (sim/tasks.py), so the
+closed-loop evaluation on seed s faces exactly what the expert showed on seed s. Train and
+evaluation seeds never overlap (EVAL_SEED_OFFSET).
+
+    reach demos   images [E, T, N_cam, S, S, 3] uint8, already resize_with_pad'ed to the
+                  model's S (the one preprocessing path), state [E, T, Ds], actions
+                  [E, T, Da] in robot units, instruction ("move to the red block", ...)
+    text samples  VLM co-training data about the same scenes (frame 0 images):
+                    vqa      "Question: is there a red block? Answer: " -> "yes"
+                    caption  "Caption: " -> "from left to right: red block, blue block"
+                    subtask  planner prompt "Task: tidy up the table: start with the red
+                             block. Subtask: " -> "move to the red block"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from ki_vla_ros.model.inference import format_subtask_prompt
+from ki_vla_ros.model.preprocess import resize_with_pad
+from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
+from ki_vla_ros.sim.tasks import generate_episode, start_reach_episode
+from ki_vla_ros.sim.vqa import scene_caption, vqa_samples
+
+EVAL_SEED_OFFSET = 100_000
+# Enough for the expert's longest reach (about 1.7 s at 0.35 m/s); longer episodes only add
+# "hold still" frames.
+EPISODE_STEPS = 20
+TEXT_KINDS = ("vqa", "caption", "subtask")
+# High-level tasks whose first subtask names one block: the planner's co-training targets.
+PLANNER_TASK_TEMPLATES = (
+    "tidy up the table: start with the {target}",
+    "clean up the table, beginning with the {target}",
+    "put the blocks away, first the {target}",
+    "sort the blocks: start with the {target}",
+)
+SUBTASK_TEMPLATE = "move to the {target}"
+
+
+def format_question_prompt(question: str) -> str:
+    """The backbone's VQA prompt; the answer follows it."""
+    return f"Question: {question} Answer: "
+
+
+CAPTION_PROMPT = "Caption: "
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSample:
+    episode: int  # whose frame-0 images go with the text
+    prompt: str
+    answer: str
+    kind: str  # one of TEXT_KINDS
+
+
+@dataclasses.dataclass
+class ReachData:
+    robot: str
+    seeds: list[int]
+    images: np.ndarray  # uint8 [E, T, N_cam, S, S, 3]
+    state: np.ndarray  # float32 [E, T, Ds]
+    actions: np.ndarray  # float32 [E, T, Da]
+    instructions: list[str]
+    targets: list[str]
+    scene_names: list[tuple[str, ...]]
+    text_samples: list[TextSample]
+    step_duration_s: float
+
+    @property
+    def num_episodes(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def steps(self) -> int:
+        return self.images.shape[1]
+
+    def text(self, kinds: Sequence[str] = TEXT_KINDS) -> list[TextSample]:
+        return [s for s in self.text_samples if s.kind in kinds]
+
+
+def text_samples_for_scene(episode: int, scene, max_answer_chars: int) -> list[TextSample]:
+    """Every VQA pair, the caption (when it fits) and one subtask target per block and template."""
+    out = [TextSample(episode, format_question_prompt(q), a, "vqa") for q, a in vqa_samples(scene)]
+    caption = scene_caption(scene)
+    if len(caption) <= max_answer_chars:
+        out.append(TextSample(episode, CAPTION_PROMPT, caption, "caption"))
+    for name in scene.names:
+        for template in PLANNER_TASK_TEMPLATES:
+            out.append(TextSample(episode, format_subtask_prompt(template.format(target=name)),
+                                  SUBTASK_TEMPLATE.format(target=name), "subtask"))
+    return out
+
+
+def generate_reach_data(robot: str | RobotConfig, seeds: Sequence[int], image_size: int,
+                        steps: int = EPISODE_STEPS, max_answer_chars: int = 46) -> ReachData:
+    """Expert demonstrations and text samples for the given scene seeds.
+
+    image_size: the model's square input S; camera frames are rendered with their longer
+    side at 96 px (what sim/tasks.py stores) and resize_with_pad'ed to S once here.
+    """
+    config = load_robot_config(robot) if isinstance(robot, str) else robot
+    n_cam = config.num_image_slots
+    cams_by_slot = sorted(config.cameras, key=lambda c: c.slot)
+    e_count = len(seeds)
+    images = np.zeros((e_count, steps, n_cam, image_size, image_size, 3), np.uint8)
+    state = np.zeros((e_count, steps, config.state_dim), np.float32)
+    actions = np.zeros((e_count, steps, config.action_dim), np.float32)
+    instructions, targets, names, texts = [], [], [], []
+    step_duration_s = config.chunk.step_duration_s
+    for e, seed in enumerate(seeds):
+        ep = generate_episode(config, int(seed), steps=steps, step_duration_s=step_duration_s)
+        for cam in cams_by_slot:
+            frames = ep["images"][cam.name]
+            for t in range(steps):
+                images[e, t, cam.slot] = resize_with_pad(frames[t], image_size)
+        state[e], actions[e] = ep["state"], ep["actions"]
+        instructions.append(ep["instruction"])
+        targets.append(ep["target"])
+        scene = start_reach_episode(config, int(seed), step_duration_s)[0].scene
+        names.append(scene.names)
+        texts += text_samples_for_scene(e, scene, max_answer_chars)
+    return ReachData(robot=config.name, seeds=[int(s) for s in seeds], images=images, state=state,
+                     actions=actions, instructions=instructions, targets=targets, scene_names=names,
+                     text_samples=texts, step_duration_s=step_duration_s)
+
+
+def action_chunks(actions: np.ndarray, horizon: int) -> np.ndarray:
+    """[E, T, D] -> [E, T, horizon, D]: the chunk starting at every step; past the end of an
+    episode the last action repeats (the robot holds its final pose)."""
+    e, t, d = actions.shape
+    idx = np.minimum(np.arange(t)[:, None] + np.arange(horizon)[None, :], t - 1)  # [T, H]
+    return actions[:, idx]

@@ -1,0 +1,157 @@
+"""The small-scale KI study's data, measurements and the shipped demo checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ki_vla_ros.model.fast import FASTTokenizer
+from ki_vla_ros.model.inference import Predictor, format_subtask_prompt
+from ki_vla_ros.model.network import KIVLA
+from ki_vla_ros.model.normalize import normalize
+from ki_vla_ros.model.preprocess import discretize_state, format_prompt
+from ki_vla_ros.runtime.config import load_robot_config
+from ki_vla_ros.runtime.policy import Policy
+from ki_vla_ros.sim.tasks import start_reach_episode
+from ki_vla_ros.train.experiment import evaluation as ev
+from ki_vla_ros.train.experiment.batches import (MixedSampler, ReachActionSampler, TextSampler, fit_norm_stats,
+                                                 normalized_chunks)
+from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_CHECKPOINT_DIR
+from ki_vla_ros.train.experiment.study import study_model_config
+from ki_vla_ros.train.experiment.tasks import action_chunks, generate_reach_data
+
+SINGLE_ARM = load_robot_config("single_arm")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate_reach_data(SINGLE_ARM, range(4), image_size=32)
+
+
+# ------------------------------------------------------------------ data
+def test_each_demo_reaches_the_block_its_instruction_names(data):
+    assert data.images.shape == (4, 20, 2, 32, 32, 3) and data.images.dtype == np.uint8
+    assert data.state.shape == data.actions.shape == (4, 20, 8)
+    for e, seed in enumerate(data.seeds):
+        assert data.targets[e] in data.instructions[e]
+        assert data.targets[e] in data.scene_names[e]
+        robot, task = start_reach_episode(SINGLE_ARM, seed)
+        assert task.instruction == data.instructions[e]
+        # Actions are position targets reached one step later (the expert stays within velocity limits).
+        np.testing.assert_allclose(data.state[e, 1:], data.actions[e, :-1], atol=1e-4)
+
+
+def test_text_samples_agree_with_the_scene(data):
+    for s in data.text(("vqa",)):
+        names = data.scene_names[s.episode]
+        for color in ("red", "green", "blue", "yellow"):
+            if s.prompt == f"Question: is there a {color} block? Answer: ":
+                assert s.answer == ("yes" if f"{color} block" in names else "no")
+    subtasks = data.text(("subtask",))
+    assert subtasks
+    for s in subtasks:
+        target = s.answer.removeprefix("move to the ")
+        assert target in data.scene_names[s.episode]
+        assert s.prompt.startswith("Task: ") and s.prompt.endswith(". Subtask: ") and target in s.prompt
+    assert format_subtask_prompt("tidy up the table: start with the red block") in \
+        {s.prompt for s in data.text_samples} or all("red block" not in n for n in data.scene_names)
+
+
+def test_action_chunks_repeat_the_last_action_past_the_end():
+    actions = np.arange(5, dtype=np.float32).reshape(1, 5, 1)
+    chunks = action_chunks(actions, horizon=3)
+    assert chunks.shape == (1, 5, 3, 1)
+    assert chunks[0, 0, :, 0].tolist() == [0, 1, 2]
+    assert chunks[0, 4, :, 0].tolist() == [4, 4, 4]
+
+
+def test_action_batches_carry_the_prompt_and_the_fast_tokens_of_the_chunk(data):
+    config = study_model_config(8)
+    stats = fit_norm_stats(data)
+    chunks = normalized_chunks(data, stats, config.action_horizon)
+    fast = FASTTokenizer.fit(chunks.reshape(-1, *chunks.shape[2:]), vocab_size=config.fast_vocab_size)
+    model = KIVLA(config, fast_tokenizer=fast, norm_stats=stats)
+    tok = model.text_tokenizer
+    sampler = ReachActionSampler(data, config, tok, fast, stats)
+    batch = sampler.batch_at([(1, 3), (2, 0)])
+    bins = discretize_state(normalize(data.state[1, 3], stats["state"]), config.state_bins)
+    assert tok.decode(batch.tokens[0][batch.token_masks[0]].tolist()) == format_prompt(data.instructions[1], bins)
+    ids = batch.target_tokens[0][batch.target_masks[0]].tolist()
+    assert ids[-1] == tok.eos_id
+    decoded = fast.decode(fast.from_backbone_ids(ids[:-1], config.vocab_size), config.action_horizon, 8)
+    np.testing.assert_allclose(decoded, chunks[1, 3], atol=0.2)
+    np.testing.assert_allclose(batch.actions[0].numpy(), chunks[1, 3], atol=1e-6)
+    assert batch.images.shape == (2, 2, 3, 32, 32) and batch.images.min() >= -1 and batch.images.max() <= 1
+
+    text = TextSampler(data, config, tok, data.text(("vqa",)))
+    mixed = MixedSampler(sampler, text, 0.25).sample(8, np.random.default_rng(0))
+    assert mixed.has_actions.tolist() == [True] * 6 + [False] * 2
+    assert float(mixed.actions[~mixed.has_actions].abs().sum()) == 0.0
+    losses = model.compute_loss(mixed, "ki")
+    assert torch.isfinite(losses["total"]) and losses["ce"] > 0 and losses["flow"] > 0
+
+
+# ------------------------------------------------------------------ measurements
+def test_chunk_mse_scores_an_undecodable_chunk_as_the_mean_action():
+    expected = np.ones((2, 3, 1))
+    predicted = np.stack([np.ones((3, 1)), np.full((3, 1), np.nan)])
+    assert ev.chunk_mse(predicted, expected) == pytest.approx(0.5)  # (0 + 1) / 2
+    assert ev.chunk_mse(np.ones((2, 3, 1)), expected, valid=[True, False]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shape"):
+        ev.chunk_mse(np.ones((2, 3, 2)), expected)
+
+
+def test_steps_to_reach_is_the_first_evaluated_step_at_or_below_the_target():
+    assert ev.steps_to_reach([0, 25, 50, 75], [1.0, 0.2, 0.05, 0.01], 0.05) == 50
+    assert ev.steps_to_reach([0, 25], [1.0, 0.2], 0.05) is None
+    assert ev.answer_accuracy(["Yes ", "two"], ["yes", "three"]) == 0.5
+    assert ev.mean_std([1.0, 3.0, None]) == (2.0, 1.0, 2)
+    assert ev.latency_ms(lambda: None, reps=5, warmup=1)["reps"] == 5
+
+
+def _oracle_chunk_fn(seed):
+    """Joint targets that put the gripper on the seed's target block (planar IK), held for a chunk."""
+    robot, task = start_reach_episode(SINGLE_ARM, seed)
+    arm = robot.arms[0]
+    goal = arm.inverse(robot.scene.object(task.target).xy, near=(robot.home[arm.shoulder_joint],
+                                                                 robot.home[arm.elbow_joint]))
+    home = robot.home
+    action = np.array([home[j] for j in SINGLE_ARM.joints])
+    action[SINGLE_ARM.joints.index(arm.shoulder_joint)] = goal[0]
+    action[SINGLE_ARM.joints.index(arm.elbow_joint)] = goal[1]
+    return lambda images, state, prompt: np.tile(action, (10, 1))
+
+
+def test_closed_loop_counts_the_named_block_as_success_and_a_still_arm_as_failure():
+    reached = ev.run_reach_episode(SINGLE_ARM, 5, _oracle_chunk_fn(5))
+    assert reached.success and not reached.wrong_block and reached.final_distance_m < 0.01
+    still = ev.run_reach_episode(SINGLE_ARM, 5, lambda images, state, prompt: None)
+    assert not still.success and still.invalid_chunks == 6 and still.final_distance_m > 0.05
+    summary = ev.summarize_outcomes([reached, still])
+    assert summary["success_rate"] == 0.5 and summary["invalid_chunks"] == 6
+
+
+# ------------------------------------------------------------------ the shipped checkpoint
+@pytest.fixture(scope="module")
+def demo_predictor():
+    if not (DEMO_CHECKPOINT_DIR / "model.safetensors").is_file():
+        pytest.fail(f"no demo checkpoint at {DEMO_CHECKPOINT_DIR}; run python benchmarks/ki_claims.py "
+                    f"--make-demo-checkpoint {DEMO_CHECKPOINT_DIR}")
+    return Predictor.from_pretrained(str(DEMO_CHECKPOINT_DIR), device="cpu")
+
+
+def test_demo_checkpoint_is_small_and_fits_the_single_arm_config(demo_predictor):
+    size = sum(p.stat().st_size for p in DEMO_CHECKPOINT_DIR.iterdir() if p.is_file())
+    assert size < 3_000_000
+    Policy(demo_predictor, SINGLE_ARM)  # raises when dims, cameras or horizon do not fit
+    assert (demo_predictor.state_dim, demo_predictor.action_dim, demo_predictor.num_cameras) == (8, 8, 2)
+
+
+def test_demo_checkpoint_plans_the_subtask_the_task_names(demo_predictor):
+    robot, _ = start_reach_episode(SINGLE_ARM, 200_000, max_image_side_px=96)
+    frames = robot.images(0.0)
+    images = [frames["base"], frames["wrist"]]
+    for name in robot.scene.names:
+        assert demo_predictor.generate_subtask(images, f"tidy up the table: start with the {name}") == \
+            f"move to the {name}"

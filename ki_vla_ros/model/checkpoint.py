@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import KIVLAConfig
+from .json_files import read_json
 from .network import KIVLA
 
 WEIGHTS_FILE = "model.safetensors"
@@ -217,13 +218,8 @@ def load_weights(model: KIVLA, shapes: dict[str, tuple[int, ...]], files: dict[s
 def read_config(directory: Path) -> KIVLAConfig:
     """config.json as written by us, by openpi's converter, or by LeRobot's pi05 policy."""
     path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}; pass config=KIVLAConfig.preset(...) "
-                                f"to load bare weights")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"model config {path} is not valid JSON: {e}") from e
+    d = read_json(path, "model config",
+                  missing_hint="pass config=KIVLAConfig.preset(...) to load bare weights")
     if not isinstance(d, dict):
         raise ValueError(f"model config {path} holds a {type(d).__name__}; expected an object")
     if "paligemma_variant" not in d:

@@ -131,11 +131,6 @@ class KIVLAConfig:
 
     @classmethod
     def load(cls, path) -> "KIVLAConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model config {path} not found")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"model config {path} is not valid JSON: {e}") from e
-        return cls.from_dict(d, where=f"model config {path}")
+        from .json_files import read_json
+
+        return cls.from_dict(read_json(path, "model config"), where=f"model config {path}")

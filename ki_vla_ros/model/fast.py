@@ -35,6 +35,8 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
+from .json_files import read_json
+
 FORMAT_VERSION = 1
 CONFIG_FILE = "fast_tokenizer.json"
 BPE_FILE = "fast_bpe.json"
@@ -261,10 +263,7 @@ class FASTTokenizer:
         for path in (config_path, bpe_path):
             if not path.is_file():
                 raise FileNotFoundError(f"FAST tokenizer file {path} not found; expected {CONFIG_FILE} and {BPE_FILE}")
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path} is not valid JSON: {e}") from e
+        config = read_json(config_path, "FAST tokenizer file")
         for key in ("format_version", "scale", "min_token", "alphabet_size", "vocab_size"):
             if key not in config:
                 raise ValueError(f"{config_path} has no key {key!r}")

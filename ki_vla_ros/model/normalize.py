@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .json_files import read_json
+
 EPS = 1e-6
 _FIELDS = ("q01", "q99", "mean", "std")
 
@@ -115,12 +117,7 @@ def load_norm_stats(path, required: tuple[str, ...] = ()) -> dict[str, NormStats
     `required` names keys that must be present (e.g. ("state", "actions")).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"norm stats file {path} not found")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"norm stats file {path} is not valid JSON: {e}") from e
+    raw = read_json(path, "norm stats file")
     if isinstance(raw, dict) and "norm_stats" in raw:
         raw = raw["norm_stats"]
     if not isinstance(raw, dict):

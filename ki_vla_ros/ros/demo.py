@@ -53,12 +53,14 @@ class DemoObserver:
         self.chunks, self.inference_ms, self.commands = 0, [], 0
         self.modes, self.subtasks, self.status, self.policy_diag = [], [], {}, {}
         self.joint_positions: dict[str, float] = {}
-        self.output_points: list[tuple[float, dict[str, float]]] = []  # (receive time, first point)
+        # (receive time, joint names, positions of every point, measured joints at receipt)
+        self.outputs: list[tuple[float, tuple[str, ...], np.ndarray, dict[str, float]]] = []
+        self.start_distance_m: float | None = None
         node.create_subscription(ActionChunk, ACTION_CHUNK_TOPIC, self._on_chunk, 10)
         node.create_subscription(Subtask, "/ki_vla/subtask", lambda m: self.subtasks.append(m.subtask), 10)
         node.create_subscription(String, MODE_TOPIC, lambda m: self.modes.append(m.data),
                                  QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        node.create_subscription(String, "/sim_robot/status", lambda m: self.status.update(json.loads(m.data)), 10)
+        node.create_subscription(String, "/sim_robot/status", self._on_status, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         node.create_subscription(JointState, config.joint_states_topic, self._on_joint_state,
                                  qos_profile_sensor_data)
@@ -75,6 +77,11 @@ class DemoObserver:
         self.chunks += 1
         self.inference_ms.append((msg.inference_latency.sec + msg.inference_latency.nanosec * 1e-9) * 1e3)
 
+    def _on_status(self, msg) -> None:
+        self.status.update(json.loads(msg.data))
+        if self.start_distance_m is None and "target_distance_m" in self.status:
+            self.start_distance_m = self.status["target_distance_m"]
+
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
             if status.name.endswith(": policy"):
@@ -86,8 +93,8 @@ class DemoObserver:
     def _on_output(self, msg) -> None:
         self.commands += 1
         if hasattr(msg, "points") and msg.points:
-            self.output_points.append((time.monotonic(), dict(zip(msg.joint_names, msg.points[0].positions)),
-                                       dict(self.joint_positions)))
+            self.outputs.append((time.monotonic(), tuple(msg.joint_names),
+                                 np.array([p.positions for p in msg.points]), dict(self.joint_positions)))
 
     def send_teleop_hold(self) -> None:
         """Teleop that keeps the arm where it is (what a person holding still sends)."""
@@ -113,10 +120,17 @@ class DemoObserver:
         return future.result().message
 
     def handoff_max_step_rad(self, after_s: float) -> float | None:
-        """Largest |first commanded point - measured position| over mux outputs after a time:
-        the step a bumpless hand-off must keep within command_mux.max_step_rad."""
-        steps = [abs(point[j] - measured[j]) for t, point, measured in self.output_points if t >= after_s
-                 for j in point if j in measured]
+        """The bumpless hand-off, measured on the mux output: for each group's first policy
+        command after `after_s` (skipping the one-point hold the mux sends on switching), the
+        largest joint step from the measured position to its first point and between its
+        consecutive points (command_mux.max_step_rad bounds both)."""
+        steps, seen = [], set()
+        for t, names, points, measured in self.outputs:
+            if t < after_s or len(points) < 2 or names in seen or not all(j in measured for j in names):
+                continue
+            seen.add(names)
+            start = np.array([measured[j] for j in names])
+            steps.append(float(np.abs(np.diff(np.vstack([start, points]), axis=0)).max()))
         return max(steps) if steps else None
 
 
@@ -178,7 +192,6 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
             observer.task_pub.publish(observer.task_pub.msg_type(data=TASK))
         print(f"[demo] instruction: {INSTRUCTION!r}; waiting for the model to load and the first chunk")
         spin(lambda: observer.chunks > 0, 180.0, "the first action chunk")
-        start_distance = observer.status.get("target_distance_m")
         policy_s = duration_s * 0.4
         print(f"[demo] first chunk arrived; running the policy for {policy_s:.0f} s")
         spin_for(policy_s)
@@ -191,7 +204,6 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
     except (GraphTimeout, RuntimeError) as error:
         print(f"[demo] FAILED: {error}")
         handoff_t = time.monotonic()
-        start_distance = None
     finally:
         exit_codes = graph.stop()
         node.destroy_node()
@@ -216,7 +228,7 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
         "policy_holds": _float(diag.get("holds")),
         "observation_errors": _float(diag.get("observation_errors")),
         "target": observer.status.get("target"),
-        "target_distance_m_start": start_distance,
+        "target_distance_m_start": observer.start_distance_m,
         "target_distance_m_end": observer.status.get("target_distance_m"),
         "subtasks_seen": sorted(set(observer.subtasks))[:5],
         "node_exit_codes": exit_codes,

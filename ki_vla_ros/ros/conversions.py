@@ -12,7 +12,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ki_vla_ros.msg import ActionChunk as ActionChunkMsg
 from ki_vla_ros.runtime.action_chunk import ActionChunk
-from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TwistCommand
+from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TrajectoryPoint, TwistCommand
 from ki_vla_ros.runtime.observation import image_from_compressed, image_from_raw
 
 
@@ -79,8 +79,6 @@ def joint_trajectory_msg(command: JointTrajectoryCommand) -> JointTrajectory:
 
 
 def joint_trajectory_from_msg(msg: JointTrajectory, group: str) -> JointTrajectoryCommand:
-    from ki_vla_ros.runtime.commands import TrajectoryPoint
-
     points = tuple(
         TrajectoryPoint(duration_to_s(p.time_from_start), tuple(p.positions),
                         tuple(p.velocities) if len(p.velocities) else tuple(0.0 for _ in p.positions))

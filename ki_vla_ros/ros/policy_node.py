@@ -40,6 +40,7 @@ from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
 from ki_vla_ros.runtime.policy import Policy, PolicyError
 from ki_vla_ros.runtime.policy_loop import JOINT_STATES, ODOM, PolicyLoop, joint_state_payload
+from ki_vla_ros.runtime.sync import SyncStatus
 from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUBTASK_TOPIC
 
 
@@ -167,9 +168,9 @@ class PolicyNode(LifecycleNode):
 
     def _add(self, name: str, stamp_s: float, payload) -> None:
         result = self.loop.add(name, stamp_s, payload, self.now_s())
-        if result.reason and result.status.value in ("rejected", "stale"):
+        if result.reason and result.status in (SyncStatus.REJECTED, SyncStatus.STALE):
             self._report(f"{name}: {result.reason}")
-        if result.status.value == "emitted":
+        if result.status is SyncStatus.EMITTED:
             self._new_observation.set()
 
     def _record_callback(self, name: str, t0: float) -> None:

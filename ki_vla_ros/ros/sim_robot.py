@@ -14,6 +14,7 @@ in the current instruction: /sim_robot/status (std_msgs/String, JSON).
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import cv2
@@ -128,8 +129,6 @@ class SimRobotNode(Node):
 
 
 def _yaw_quaternion(yaw: float) -> tuple[float, float]:
-    import math
-
     return math.sin(yaw / 2.0), math.cos(yaw / 2.0)
 
 

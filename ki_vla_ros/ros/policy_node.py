@@ -87,9 +87,11 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.config = load_robot_config(self.get_parameter("config").value)
+            checkpoint = self.get_parameter("checkpoint").value or None
+            self.get_logger().info(f"configuring: loading model "
+                                   f"{checkpoint or self.config.model.checkpoint!r} for robot '{self.config.name}'")
             threads = set_torch_threads(self.get_parameter("torch_threads").value)
-            predictor = self._shared_predictor or load_predictor(
-                self.config, checkpoint=self.get_parameter("checkpoint").value or None)
+            predictor = self._shared_predictor or load_predictor(self.config, checkpoint=checkpoint)
             self.policy = Policy(predictor, self.config)
             t0 = time.perf_counter()
             predictor.warmup()
@@ -181,7 +183,7 @@ class PolicyNode(LifecycleNode):
         try:
             image = conv.image_to_rgb(msg, camera)
         except ObservationError as error:
-            self.loop.record_error(str(error))
+            self.loop.record_error(str(error), source=camera)
             self._report(str(error))
             return
         self._add(camera, conv.time_to_s(msg.header.stamp), image)
@@ -308,6 +310,7 @@ class PolicyNode(LifecycleNode):
             "obs_to_command_ms_p99": f"{percentile_ms(self.obs_to_command_ms, 99):.2f}",
             "commands_published": self.commands_published,
             "sync": str(counters.sync_results),
+            **{f"error.{source}": message for source, message in sorted(counters.errors.items())},
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray()

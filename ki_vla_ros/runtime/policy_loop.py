@@ -64,7 +64,15 @@ class LoopCounters:
     holds: int = 0
     skipped: int = 0
     last_error: str = ""
+    # The current error of each source (an input name, "sync" or "observation"), cleared by
+    # the source's next good message: one bad input often makes the others go stale, and
+    # last_error alone would hide the cause.
+    errors: dict = field(default_factory=dict)
     sync_results: dict = field(default_factory=dict)
+
+    def note_error(self, source: str, message: str) -> None:
+        self.last_error = message
+        self.errors[source] = message
 
 
 def sync_inputs(config: RobotConfig) -> list[str]:
@@ -95,10 +103,12 @@ class PolicyLoop:
         with self._lock:
             key = result.status.value
             self.counters.sync_results[key] = self.counters.sync_results.get(key, 0) + 1
+            if result.status not in (SyncStatus.STALE, SyncStatus.REJECTED):
+                self.counters.errors.pop(input_name, None)
             if result.status is SyncStatus.EMITTED and result.synced is not None:
                 self._latest = result.synced
             elif result.status in (SyncStatus.STALE, SyncStatus.REJECTED) and result.reason:
-                self.counters.last_error = f"{input_name}: {result.reason}"
+                self.counters.note_error(input_name, f"{input_name}: {result.reason}")
         return result
 
     def set_instruction(self, text: str) -> None:
@@ -120,7 +130,7 @@ class PolicyLoop:
         age_s = now_s - synced.oldest_stamp_s
         if age_s > self.config.sync.max_age_s:
             self.record_error(f"newest synchronized observation is {age_s:.3f} s old; "
-                              f"sync.max_age_s is {self.config.sync.max_age_s} s; not acted on")
+                              f"sync.max_age_s is {self.config.sync.max_age_s} s; not acted on", source="sync")
             raise ObservationError(self.counters.last_error)
         return self.assemble(synced, instruction)
 
@@ -136,15 +146,18 @@ class PolicyLoop:
         except ObservationError as error:
             self.record_error(str(error))
             raise
-        self.counters.observations += 1
+        with self._lock:
+            self.counters.observations += 1
+            self.counters.errors.pop("observation", None)
+            self.counters.errors.pop("sync", None)
         return observation
 
-    def record_error(self, message: str) -> None:
+    def record_error(self, message: str, source: str = "observation") -> None:
         """Count an observation that could not be used (e.g. an image the caller could not
-        decode) and keep its message for diagnostics."""
+        decode; source: that camera) and keep its message for diagnostics."""
         with self._lock:
             self.counters.observation_errors += 1
-            self.counters.last_error = message
+            self.counters.note_error(source, message)
 
     # --------------------------------------------------------------- execution
     def should_request_chunk(self, now_s: float) -> bool:

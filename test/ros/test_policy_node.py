@@ -35,12 +35,13 @@ def _setup(ros_graph):
     return policy, observations, chunks, arm, gripper, diagnostics
 
 
-def _last_error(diagnostics) -> str:
+def _errors(diagnostics) -> str:
+    """The newest error of each source (error.<input>) in the latest policy diagnostic."""
     for msg in reversed(diagnostics.messages):
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
             if "last_error" in values:
-                return values["last_error"]
+                return "\n".join(v for k, v in values.items() if k.startswith("error."))
     return ""
 
 
@@ -108,7 +109,7 @@ def test_bad_observations_produce_no_motion_and_a_diagnostic_and_the_node_recove
         kwargs["names"] = [j for j in CONFIG.joints if j != "panda_joint7"]
     elif problem == "encoding":
         observations.encoding = "16UC1"
-    _publish_until(ros_graph, observations, lambda: expected_error in _last_error(diagnostics),
+    _publish_until(ros_graph, observations, lambda: expected_error in _errors(diagnostics),
                    f"a diagnostic naming {expected_error!r}", **kwargs)
     for _ in range(5):  # keep sending the bad input a little longer
         observations.publish(**kwargs)

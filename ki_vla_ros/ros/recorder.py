@@ -115,6 +115,8 @@ class Recorder(Node):
                 receive_ns = time.time_ns()
             if self.stop_ns is not None and receive_ns > self.stop_ns:
                 return  # arrived after the stop: the bag ends at the stop instant
+            if self.writer.counts.get(topic, 0) == 0:
+                self.get_logger().info(f"first message on {topic}")
             self.writer.write_raw(topic, receive_ns, data)
             self.last_message_monotonic = time.monotonic()
 

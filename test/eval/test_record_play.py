@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,15 +25,42 @@ def start(args, env):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def stop(process, sig=signal.SIGINT, timeout_s=20.0):
+def stop(process, sig=signal.SIGINT, timeout_s=20.0, lines=None):
+    """Signal, wait (kill after timeout_s), return the output (from `lines` if it reads it)."""
     if process.poll() is None:
         process.send_signal(sig)
     try:
-        out, _ = process.communicate(timeout=timeout_s)
+        out, _ = (process.wait(timeout=timeout_s), None) if lines else process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
-        out, _ = process.communicate()
-    return out
+        out, _ = (process.wait(), None) if lines else process.communicate()
+    return lines.text() if lines else out
+
+
+SENSOR_TOPICS = ("/joint_states", "/cameras/base/image_raw", "/cameras/wrist/image_raw/compressed")
+
+
+class OutputLines:
+    """Collects a child process's output lines on a thread, so a test can wait for one."""
+
+    def __init__(self, process):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream):
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in list(self.lines)):
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.text()[-3000:]}"
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        self._thread.join(timeout=10.0)
+        return "".join(self.lines)
 
 
 def test_record_on_the_live_sim_graph_then_eval_bag_round_trips(tmp_path, ros_env):
@@ -40,7 +68,11 @@ def test_record_on_the_live_sim_graph_then_eval_bag_round_trips(tmp_path, ros_en
     sim = start(["-m", "ki_vla_ros.ros.sim_robot", "--ros-args", "-p", f"config:={CONFIG_PATH}"], ros_env)
     recorder = start(["-m", "ki_vla_ros.cli", "record", "--config", str(CONFIG_PATH), str(bag_path),
                       "--storage", "sqlite3"], ros_env)
+    lines = OutputLines(recorder)
     try:
+        # Sensor data flows into the bag before the commands start (discovery can take seconds).
+        for topic in SENSOR_TOPICS:
+            lines.wait_for(f"first message on {topic}", timeout_s=60.0)
         # publishes once sim_robot and the recorder both subscribe, exits when all is acked
         commands = subprocess.run([sys.executable, str(HERE / "command_publisher.py"), str(CONFIG_PATH),
                                    "--duration", "2.5", "--period", "0.3", "--subscribers", "2"],
@@ -48,7 +80,7 @@ def test_record_on_the_live_sim_graph_then_eval_bag_round_trips(tmp_path, ros_en
         assert commands.returncode == 0, commands.stderr[-3000:]
         published = json.loads(commands.stdout.strip().splitlines()[-1])
     finally:
-        recorder_out = stop(recorder)
+        recorder_out = stop(recorder, lines=lines)
         sim_out = stop(sim)
     assert recorder.returncode == 0, recorder_out[-3000:]
     assert "wrote" in recorder_out, recorder_out[-3000:]
@@ -56,7 +88,7 @@ def test_record_on_the_live_sim_graph_then_eval_bag_round_trips(tmp_path, ros_en
     with Bag(bag_path) as bag:
         for topic, count in published.items():  # nothing that was sent is missing
             assert bag.topic_count(topic) == count, (topic, recorder_out, sim_out[-2000:])
-        for topic in ("/joint_states", "/cameras/base/image_raw", "/cameras/wrist/image_raw/compressed"):
+        for topic in SENSOR_TOPICS:
             assert bag.topic_count(topic) >= 3, (topic, bag.topics)
         first = next(bag.messages(["/arm_controller/joint_trajectory"])).msg
     expected = commanded_actions(CONFIG, first.header.stamp.sec + first.header.stamp.nanosec * 1e-9

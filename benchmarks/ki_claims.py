@@ -20,7 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ki_vla_ros.train.experiment.commands import run_claims, run_make_demo_checkpoint
+from ki_vla_ros.train.experiment.commands import (add_demo_checkpoint_options, demo_checkpoint_kwargs, run_claims,
+                                                 run_make_demo_checkpoint)
 
 
 def main(argv=None) -> int:
@@ -32,9 +33,11 @@ def main(argv=None) -> int:
     parser.add_argument("--robot", default="single_arm", help="robot config of the task (default single_arm)")
     parser.add_argument("--make-demo-checkpoint", metavar="DIR", default=None,
                         help="instead of the study: train and write the shipped demo checkpoint to DIR")
+    add_demo_checkpoint_options(parser.add_argument_group("demo checkpoint (with --make-demo-checkpoint)"))
     args = parser.parse_args(argv)
     if args.make_demo_checkpoint:
-        return run_make_demo_checkpoint(Path(args.make_demo_checkpoint), robot=args.robot)
+        return run_make_demo_checkpoint(Path(args.make_demo_checkpoint), robot=args.robot,
+                                        **demo_checkpoint_kwargs(args))
     return run_claims("quick" if args.quick else args.size, Path(args.out), robot=args.robot)
 
 

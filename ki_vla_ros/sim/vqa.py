@@ -40,6 +40,24 @@ def vqa_samples(scene: Scene) -> list[tuple[str, str]]:
     return samples
 
 
+POINT_COLUMNS = 8  # across the table, from the robot's left (+y) to its right
+POINT_ROWS = 5  # along the table, from the far edge to the near edge
+
+
+def point_samples(scene: Scene) -> list[tuple[str, str]]:
+    """("point to the blue block", "column 3 row 2") per block: the block's cell in a grid
+    over the table. The stand-in for a web VLM's pointing / detection data: the answer is
+    the spatial fact a policy needs to reach the block, grounded in the image."""
+    (x0, x1), (y0, y1) = scene.table.x_range_m, scene.table.y_range_m
+    out = []
+    for obj in scene.objects:
+        x, y = obj.position_xy_m
+        column = min(POINT_COLUMNS, int((y1 - y) / (y1 - y0) * POINT_COLUMNS) + 1)
+        row = min(POINT_ROWS, int((x1 - x) / (x1 - x0) * POINT_ROWS) + 1)
+        out.append((f"point to the {obj.name}", f"column {column} row {row}"))
+    return out
+
+
 def scene_caption(scene: Scene) -> str:
     """A caption listing the blocks from left to right: captioning co-training data."""
     names = [o.name for o in scene.objects_left_to_right()]

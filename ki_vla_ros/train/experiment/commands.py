@@ -18,9 +18,41 @@ def add_subcommands(subparsers) -> None:
                                  help="train the tiny demo checkpoint (ki_vla_ros/assets/demo_checkpoint)")
     demo.add_argument("out", nargs="?", default=None, help="directory (default: the shipped asset path)")
     demo.add_argument("--robot", default="single_arm")
-    demo.add_argument("--steps", type=int, default=None, help="VLA training steps (default: the shipped recipe's)")
-    demo.set_defaults(func=lambda a: run_make_demo_checkpoint(
-        Path(a.out) if a.out else None, robot=a.robot, steps=a.steps))
+    add_demo_checkpoint_options(demo)
+    demo.set_defaults(func=lambda a: run_make_demo_checkpoint(Path(a.out) if a.out else None, robot=a.robot,
+                                                              **demo_checkpoint_kwargs(a)))
+
+
+def add_demo_checkpoint_options(parser) -> None:
+    """Options of the demo-checkpoint recipe (shared by `ki-vla make-demo-checkpoint` and
+    benchmarks/ki_claims.py --make-demo-checkpoint)."""
+    parser.add_argument("--steps", type=int, default=None, help="VLA training steps (default: the shipped recipe's)")
+    parser.add_argument("--time-budget-s", type=float, default=None,
+                        help="instead of --steps: as many VLA steps as fit in this many seconds")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu (default) or cuda")
+    parser.add_argument("--recipe", default="ki", choices=("ki", "joint", "pi0"),
+                        help="VLA recipe (default ki; the demo needs the flow expert, so not fast)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
+    parser.add_argument("--train-episodes", type=int, default=None,
+                        help="demonstration episodes (default: the recipe's)")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="VLM pretraining steps")
+    parser.add_argument("--snapshot-dir", default=None, help="also save the model there every 500 steps")
+    parser.add_argument("--model", action="append", default=[], metavar="FIELD=INT",
+                        help="change a field of the tiny study model, e.g. --model image_size=64 (repeatable)")
+
+
+def demo_checkpoint_kwargs(args) -> dict:
+    overrides = {}
+    for item in args.model:
+        field, sep, value = item.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--model {item!r}: expected FIELD=INTEGER, e.g. image_size=64")
+        overrides[field] = int(value)
+    size = {k: v for k, v in (("batch_size", args.batch_size), ("train_episodes", args.train_episodes),
+                              ("pretrain_steps", args.pretrain_steps)) if v is not None}
+    return {"steps": args.steps, "time_budget_s": args.time_budget_s, "device": args.device, "recipe": args.recipe,
+            "snapshot_dir": args.snapshot_dir,
+            "size_overrides": size, "model_overrides": overrides}
 
 
 def run_claims(size: str, out_dir: Path, robot: str = "single_arm") -> int:
@@ -36,10 +68,14 @@ def run_claims(size: str, out_dir: Path, robot: str = "single_arm") -> int:
     return 0
 
 
-def run_make_demo_checkpoint(out_dir: Path | None, robot: str = "single_arm", steps: int | None = None) -> int:
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_CHECKPOINT_DIR, make_demo_checkpoint
+def run_make_demo_checkpoint(out_dir: Path | None, robot: str = "single_arm", steps: int | None = None,
+                             size_overrides: dict | None = None, **kwargs) -> int:
+    import dataclasses
 
-    report = make_demo_checkpoint(out_dir or DEMO_CHECKPOINT_DIR, robot=robot, steps=steps)
+    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_CHECKPOINT_DIR, DEMO_SIZE, make_demo_checkpoint
+
+    size = dataclasses.replace(DEMO_SIZE, **(size_overrides or {}))
+    report = make_demo_checkpoint(out_dir or DEMO_CHECKPOINT_DIR, robot=robot, steps=steps, size=size, **kwargs)
     print(report)
     return 0
 

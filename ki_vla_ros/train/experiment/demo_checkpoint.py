@@ -15,6 +15,7 @@ numbers go to demo_metrics.json and README.md next to the weights.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ki_vla_ros.model.inference import Predictor
@@ -39,24 +41,48 @@ DEMO_SIZE = StudySize(train_episodes=400, eval_episodes=20, pretrain_steps=300, 
                       eval_every=250, eval_samples=32, closed_loop_episodes=30, vqa_questions=100,
                       latency_reps=20, vlm_ratio=0.25)
 DEMO_SEED = 0
+# Pointing questions ("point to the blue block" -> "column 3 row 2") in pretraining and
+# co-training: without them the backbone learned the colour words but not where the blocks
+# are, and the expert answered each colour with one fixed pose whatever the scene.
+DEMO_PRETRAIN_KINDS = ("vqa", "caption", "point")
+DEMO_TEXT_KINDS = TEXT_KINDS + ("point",)
 COLORS = ("red", "green", "blue", "yellow")
 
 
 def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None = None,
-                         size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1) -> str:
+                         size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1,
+                         device: str = "cpu", model_overrides: dict | None = None,
+                         time_budget_s: float | None = None, recipe: str = "ki") -> str:
     """Train, write (float16) and evaluate the demo checkpoint; returns the evaluation summary.
 
-    snapshot_dir: also save the model every 500 steps there (to watch a long run)."""
+    snapshot_dir: also save the model every 500 steps there (to watch a long run).
+    device: where to train ("cuda" on a GPU machine); the evaluation runs on the CPU, as the demo does.
+    model_overrides: KIVLAConfig fields to change from the study model (e.g. image_size).
+    time_budget_s: instead of a step count, train as many steps as fit in this time (measured
+    on 20 steps of a throw-away copy of the model first, so the learning-rate schedule still
+    knows its length)."""
     out_dir = Path(out_dir)
     if steps is not None:
         size = dataclasses.replace(size, vla_steps=steps)
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    data = prepare_data(robot, size)
-    model, _ = pretrain_backbone(data, size, seed=DEMO_SEED)
+    data = prepare_data(robot, size, model_overrides)
+    model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=DEMO_PRETRAIN_KINDS)
     log(f"[demo-checkpoint] data + VLM pretraining done ({time.perf_counter() - t0:.0f} s)")
     actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
-    text = TextSampler(data.train, data.config, model.text_tokenizer, data.train.text(TEXT_KINDS))
+    text = TextSampler(data.train, data.config, model.text_tokenizer, data.train.text(DEMO_TEXT_KINDS))
+    sampler = MixedSampler(actions, text, size.vlm_ratio)
+
+    def fit_config(n_steps: int) -> FitConfig:
+        return FitConfig(recipe=recipe, steps=n_steps, batch_size=size.batch_size, lr=size.vla_lr,
+                         warmup_steps=100, seed=DEMO_SEED, device=device)
+
+    if time_budget_s is not None:
+        probe = fit(copy.deepcopy(model), sampler, fit_config(20))
+        step_s = float(np.median([h["step_s"] for h in probe[5:]]))
+        size = dataclasses.replace(size, vla_steps=max(100, int(time_budget_s / step_s)))
+        log(f"[demo-checkpoint] {step_s * 1e3:.1f} ms per step on {device}: "
+            f"{size.vla_steps} steps in {time_budget_s:.0f} s")
 
     def on_step(step, m):
         if step and step % 250 == 0:
@@ -64,9 +90,8 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         if snapshot_dir is not None and step and step % 500 == 0:
             m.save_pretrained(Path(snapshot_dir) / f"step_{step}")
 
-    history = fit(model, MixedSampler(actions, text, size.vlm_ratio),
-                  FitConfig(recipe="ki", steps=size.vla_steps, batch_size=size.batch_size, lr=size.vla_lr,
-                            warmup_steps=100, seed=DEMO_SEED), on_step=on_step)
+    history = fit(model, sampler, fit_config(size.vla_steps), on_step=on_step)
+    model.to("cpu")
     train_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:  # write-then-move: never a half-written asset
         staged = Path(tmp) / "ckpt"
@@ -77,10 +102,26 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
     metrics = evaluate_checkpoint(out_dir, robot, size.closed_loop_episodes)
     metrics.update(train_seconds=train_s, vla_steps=size.vla_steps, final_losses=history[-1],
                    weights_bytes=(out_dir / "model.safetensors").stat().st_size,
-                   reproduce="python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint")
+                   device=device, recipe=recipe, reproduce=reproduce_command(size, device, model_overrides, recipe))
     (out_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "README.md").write_text(readme(metrics))
     return format_metrics(metrics)
+
+
+def reproduce_command(size: StudySize, device: str, model_overrides: dict | None, recipe: str = "ki") -> str:
+    """The command line that trains this recipe again (the step count fixed, not a time budget)."""
+    parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
+             f"--steps {size.vla_steps}"]
+    if device != "cpu":
+        parts.append(f"--device {device}")
+    if recipe != "ki":
+        parts.append(f"--recipe {recipe}")
+    for field, flag in (("batch_size", "--batch-size"), ("train_episodes", "--train-episodes"),
+                        ("pretrain_steps", "--pretrain-steps")):
+        if getattr(size, field) != getattr(DEMO_SIZE, field):
+            parts.append(f"{flag} {getattr(size, field)}")
+    parts += [f"--model {k}={v}" for k, v in sorted((model_overrides or {}).items())]
+    return " ".join(parts)
 
 
 def evaluate_checkpoint(path, robot: str = "single_arm", episodes: int = 30, seed_offset: int = EVAL_SEED_OFFSET,
@@ -173,7 +214,7 @@ language-conditioned reach task with the KI recipe (FAST-token CE + VQA / captio
 subtask co-training for the backbone, flow matching with stop-gradient for the expert).
 Weights are float16 ({m['weights_bytes'] / 1e6:.2f} MB). It is a demo of the pipeline, not a useful robot policy.
 
-Reproduce (about {m['train_seconds'] / 60:.0f} min on 2 CPU cores):
+Reproduce (about {m['train_seconds'] / 60:.0f} min on {'a GPU' if m.get('device', 'cpu') != 'cpu' else '2 CPU cores'}):
 
     {m['reproduce']}
 

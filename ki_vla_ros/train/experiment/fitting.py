@@ -3,7 +3,7 @@
 AdamW, linear warm-up then cosine decay to 10 % of the peak, global-norm gradient
 clipping, the model's own `compute_loss(batch, recipe)`. It is deliberately small: the
 study needs an `on_step` hook to measure the action error while training, and runs on a
-2-core CPU where every millisecond of overhead shows.
+2-core CPU where every millisecond of overhead shows (or on a GPU: FitConfig.device).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class FitConfig:
     warmup_steps: int = 30
     grad_clip_norm: float = 1.0
     seed: int = 0
+    device: str = "cpu"  # where the batches go; the caller puts the model there
 
 
 def lr_at(step: int, config: FitConfig) -> float:
@@ -57,7 +58,7 @@ def fit(model: KIVLA, sampler, config: FitConfig,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         t0 = time.perf_counter()
-        batch = sampler.sample(config.batch_size, rng)
+        batch = sampler.sample(config.batch_size, rng).to(config.device)
         losses = model.compute_loss(batch, config.recipe)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

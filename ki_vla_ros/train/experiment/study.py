@@ -104,9 +104,11 @@ class StudyData:
     config: KIVLAConfig
 
 
-def prepare_data(robot: str, size: StudySize) -> StudyData:
+def prepare_data(robot: str, size: StudySize, model_overrides: dict | None = None) -> StudyData:
+    """model_overrides: KIVLAConfig fields to change from the study model (image_size also
+    sets the size the demonstrations' images are stored at)."""
     cfg_robot = load_robot_config(robot)
-    config = study_model_config(cfg_robot.action_dim)
+    config = dataclasses.replace(study_model_config(cfg_robot.action_dim), **(model_overrides or {}))
     train = generate_reach_data(cfg_robot, range(size.train_episodes), config.image_size)
     held_out = generate_reach_data(cfg_robot, range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + size.eval_episodes),
                                    config.image_size)
@@ -122,13 +124,15 @@ def new_model(data: StudyData, seed: int) -> KIVLA:
         return KIVLA(data.config, fast_tokenizer=data.fast, norm_stats=data.norm_stats)
 
 
-def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0) -> tuple[KIVLA, list[dict]]:
-    """VLM pretraining on VQA + captions: next-token CE trains the backbone only."""
-    model = new_model(data, seed)
-    sampler = TextSampler(data.train, data.config, model.text_tokenizer, data.train.text(PRETRAIN_KINDS))
+def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0, device: str = "cpu",
+                      kinds: tuple[str, ...] = PRETRAIN_KINDS) -> tuple[KIVLA, list[dict]]:
+    """VLM pretraining on VQA + captions (+ the given text kinds): next-token CE trains the
+    backbone only. The model is returned on `device`."""
+    model = new_model(data, seed).to(device)
+    sampler = TextSampler(data.train, data.config, model.text_tokenizer, data.train.text(kinds))
     history = fit(model, sampler, FitConfig(recipe="fast", steps=size.pretrain_steps, batch_size=size.batch_size,
                                             lr=size.pretrain_lr, warmup_steps=max(1, size.pretrain_steps // 10),
-                                            seed=seed), parameters=model.backbone.parameters())
+                                            seed=seed, device=device), parameters=model.backbone.parameters())
     return model, history
 
 

@@ -10,6 +10,8 @@ evaluation seeds never overlap (EVAL_SEED_OFFSET).
     text samples  VLM co-training data about the same scenes (frame 0 images):
                     vqa      "Question: is there a red block? Answer: " -> "yes"
                     caption  "Caption: " -> "from left to right: red block, blue block"
+                    point    "Question: point to the blue block Answer: " -> "column 3 row 2"
+                             (the demo checkpoint's pretraining; the study leaves it out)
                     subtask  planner prompt "Task: tidy up the table: start with the red
                              block. Subtask: " -> "move to the red block"
 """
@@ -25,7 +27,7 @@ from ki_vla_ros.model.inference import format_subtask_prompt
 from ki_vla_ros.model.preprocess import resize_with_pad
 from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
 from ki_vla_ros.sim.tasks import generate_episode, start_reach_episode
-from ki_vla_ros.sim.vqa import scene_caption, vqa_samples
+from ki_vla_ros.sim.vqa import point_samples, scene_caption, vqa_samples
 
 EVAL_SEED_OFFSET = 100_000
 # Enough for the expert's longest reach (about 1.7 s at 0.35 m/s); longer episodes only add
@@ -55,7 +57,7 @@ class TextSample:
     episode: int  # whose frame-0 images go with the text
     prompt: str
     answer: str
-    kind: str  # one of TEXT_KINDS
+    kind: str  # one of TEXT_KINDS, or "point"
 
 
 @dataclasses.dataclass
@@ -86,6 +88,7 @@ class ReachData:
 def text_samples_for_scene(episode: int, scene, max_answer_chars: int) -> list[TextSample]:
     """Every VQA pair, the caption (when it fits) and one subtask target per block and template."""
     out = [TextSample(episode, format_question_prompt(q), a, "vqa") for q, a in vqa_samples(scene)]
+    out += [TextSample(episode, format_question_prompt(q), a, "point") for q, a in point_samples(scene)]
     caption = scene_caption(scene)
     if len(caption) <= max_answer_chars:
         out.append(TextSample(episode, CAPTION_PROMPT, caption, "caption"))

@@ -155,3 +155,23 @@ def test_demo_checkpoint_plans_the_subtask_the_task_names(demo_predictor):
     for name in robot.scene.names:
         assert demo_predictor.generate_subtask(images, f"tidy up the table: start with the {name}") == \
             f"move to the {name}"
+
+
+@pytest.mark.parametrize("robot", ["bimanual", "mobile"])
+def test_the_study_model_has_an_image_slot_per_camera_of_each_robot(robot):
+    """The study (and make-demo-checkpoint --robot) sizes the model to the robot: a
+    bimanual robot's 4 cameras and the mobile robot's 3 reach the model and the closed loop."""
+    import dataclasses
+
+    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
+    from ki_vla_ros.train.experiment.study import new_model, prepare_data
+
+    config = load_robot_config(robot)
+    size = dataclasses.replace(DEMO_SIZE, train_episodes=2, eval_episodes=1)
+    data = prepare_data(robot, size)
+    assert data.config.num_cameras == config.num_image_slots == data.train.images.shape[2]
+    model = new_model(data, seed=0).eval()
+    sampler = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
+    assert torch.isfinite(model.compute_loss(sampler.batch_at([(0, 0), (1, 3)]), "ki")["total"])
+    outcome = ev.run_reach_episode(config, data.eval.seeds[0], ev.flow_chunk_fn(Predictor(model)), steps=5)
+    assert np.isfinite(outcome.final_distance_m) and outcome.invalid_chunks == 0

@@ -36,6 +36,10 @@ def add_demo_checkpoint_options(parser) -> None:
     parser.add_argument("--train-episodes", type=int, default=None,
                         help="demonstration episodes (default: the recipe's)")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="VLM pretraining steps")
+    parser.add_argument("--vlm-scenes", type=int, default=0,
+                        help="extra scenes (one frame each) for the VLM questions (default 0: the demonstrations')")
+    parser.add_argument("--point-questions", action="store_true",
+                        help="add 'point to the <block>' -> 'column C row R' to pretraining and co-training")
     parser.add_argument("--snapshot-dir", default=None, help="also save the model there every 500 steps")
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=INT",
                         help="change a field of the tiny study model, e.g. --model image_size=64 (repeatable)")
@@ -51,7 +55,8 @@ def demo_checkpoint_kwargs(args) -> dict:
     size = {k: v for k, v in (("batch_size", args.batch_size), ("train_episodes", args.train_episodes),
                               ("pretrain_steps", args.pretrain_steps)) if v is not None}
     return {"steps": args.steps, "time_budget_s": args.time_budget_s, "device": args.device, "recipe": args.recipe,
-            "snapshot_dir": args.snapshot_dir,
+            "snapshot_dir": args.snapshot_dir, "vlm_scenes": args.vlm_scenes,
+            "point_questions": args.point_questions,
             "size_overrides": size, "model_overrides": overrides}
 
 

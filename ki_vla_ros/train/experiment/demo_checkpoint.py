@@ -32,27 +32,29 @@ from ki_vla_ros.sim.tasks import start_reach_episode
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler, TextSampler
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
-from ki_vla_ros.train.experiment.study import StudySize, prepare_data, pretrain_backbone
+from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
 from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, SUBTASK_TEMPLATE,
-                                               TEXT_KINDS)
+                                               TEXT_KINDS, generate_reach_data)
 
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_checkpoint"
 DEMO_SIZE = StudySize(train_episodes=400, eval_episodes=20, pretrain_steps=300, vla_steps=6000, seeds=(0,),
                       eval_every=250, eval_samples=32, closed_loop_episodes=30, vqa_questions=100,
                       latency_reps=20, vlm_ratio=0.25)
 DEMO_SEED = 0
-# Pointing questions ("point to the blue block" -> "column 3 row 2") in pretraining and
-# co-training: without them the backbone learned the colour words but not where the blocks
-# are, and the expert answered each colour with one fixed pose whatever the scene.
-DEMO_PRETRAIN_KINDS = ("vqa", "caption", "point")
-DEMO_TEXT_KINDS = TEXT_KINDS + ("point",)
+# With point_questions, pretraining and co-training also ask "point to the blue block" ->
+# "column 3 row 2": the shipped checkpoint answered each colour word with one fixed pose
+# whatever the scene, and pointing is the spatial fact the expert needs. At this size it did
+# not help (see README, "The demo checkpoint"), so it is off by default.
+POINT_KIND = "point"
+VLM_SEED_OFFSET = 10_000  # VLM-only scenes: seeds between the demonstrations' and the held-out ones
 COLORS = ("red", "green", "blue", "yellow")
 
 
 def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None = None,
                          size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1,
                          device: str = "cpu", model_overrides: dict | None = None,
-                         time_budget_s: float | None = None, recipe: str = "ki") -> str:
+                         time_budget_s: float | None = None, recipe: str = "ki",
+                         vlm_scenes: int = 0, point_questions: bool = False) -> str:
     """Train, write (float16) and evaluate the demo checkpoint; returns the evaluation summary.
 
     snapshot_dir: also save the model every 500 steps there (to watch a long run).
@@ -67,10 +69,23 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     data = prepare_data(robot, size, model_overrides)
-    model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=DEMO_PRETRAIN_KINDS)
+    # Many more scenes for the VLM data than there are demonstrations: one frame each is
+    # cheap to render, and a vision tower trained from scratch needs the variety to see.
+    text_data = data.train
+    if size.train_episodes > VLM_SEED_OFFSET or VLM_SEED_OFFSET + vlm_scenes > EVAL_SEED_OFFSET:
+        raise ValueError(f"train_episodes={size.train_episodes}, vlm_scenes={vlm_scenes}: the seed ranges would "
+                         f"overlap; expected train_episodes <= {VLM_SEED_OFFSET} and "
+                         f"vlm_scenes <= {EVAL_SEED_OFFSET - VLM_SEED_OFFSET}")
+    if vlm_scenes:
+        text_data = generate_reach_data(load_robot_config(robot),
+                                        range(VLM_SEED_OFFSET, VLM_SEED_OFFSET + vlm_scenes),
+                                        data.config.image_size, steps=1)
+    extra_kinds = (POINT_KIND,) if point_questions else ()
+    model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=PRETRAIN_KINDS + extra_kinds,
+                                 text_data=text_data)
     log(f"[demo-checkpoint] data + VLM pretraining done ({time.perf_counter() - t0:.0f} s)")
     actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
-    text = TextSampler(data.train, data.config, model.text_tokenizer, data.train.text(DEMO_TEXT_KINDS))
+    text = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(TEXT_KINDS + extra_kinds))
     sampler = MixedSampler(actions, text, size.vlm_ratio)
 
     def fit_config(n_steps: int) -> FitConfig:
@@ -102,13 +117,15 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
     metrics = evaluate_checkpoint(out_dir, robot, size.closed_loop_episodes)
     metrics.update(train_seconds=train_s, vla_steps=size.vla_steps, final_losses=history[-1],
                    weights_bytes=(out_dir / "model.safetensors").stat().st_size,
-                   device=device, recipe=recipe, reproduce=reproduce_command(size, device, model_overrides, recipe))
+                   device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions,
+                   reproduce=reproduce_command(size, device, model_overrides, recipe, vlm_scenes, point_questions))
     (out_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "README.md").write_text(readme(metrics))
     return format_metrics(metrics)
 
 
-def reproduce_command(size: StudySize, device: str, model_overrides: dict | None, recipe: str = "ki") -> str:
+def reproduce_command(size: StudySize, device: str, model_overrides: dict | None, recipe: str = "ki",
+                      vlm_scenes: int = 0, point_questions: bool = False) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
     parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
              f"--steps {size.vla_steps}"]
@@ -116,6 +133,10 @@ def reproduce_command(size: StudySize, device: str, model_overrides: dict | None
         parts.append(f"--device {device}")
     if recipe != "ki":
         parts.append(f"--recipe {recipe}")
+    if vlm_scenes:
+        parts.append(f"--vlm-scenes {vlm_scenes}")
+    if point_questions:
+        parts.append("--point-questions")
     for field, flag in (("batch_size", "--batch-size"), ("train_episodes", "--train-episodes"),
                         ("pretrain_steps", "--pretrain-steps")):
         if getattr(size, field) != getattr(DEMO_SIZE, field):

@@ -53,8 +53,10 @@ STUDY_MODEL = dict(
 PRETRAIN_KINDS = ("vqa", "caption")  # "web" data; planner subtasks are robot data
 
 
-def study_model_config(action_dim: int) -> KIVLAConfig:
-    return dataclasses.replace(KIVLAConfig.preset("tiny"), action_dim=action_dim, **STUDY_MODEL)
+def study_model_config(action_dim: int, num_cameras: int = 2) -> KIVLAConfig:
+    """The study model for a robot with action_dim actions and num_cameras image slots."""
+    return dataclasses.replace(KIVLAConfig.preset("tiny"), action_dim=action_dim, num_cameras=num_cameras,
+                               **STUDY_MODEL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,8 @@ def prepare_data(robot: str, size: StudySize, model_overrides: dict | None = Non
     """model_overrides: KIVLAConfig fields to change from the study model (image_size also
     sets the size the demonstrations' images are stored at)."""
     cfg_robot = load_robot_config(robot)
-    config = dataclasses.replace(study_model_config(cfg_robot.action_dim), **(model_overrides or {}))
+    config = dataclasses.replace(study_model_config(cfg_robot.action_dim, cfg_robot.num_image_slots),
+                                 **(model_overrides or {}))
     train = generate_reach_data(cfg_robot, range(size.train_episodes), config.image_size)
     held_out = generate_reach_data(cfg_robot, range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + size.eval_episodes),
                                    config.image_size)
@@ -125,11 +128,14 @@ def new_model(data: StudyData, seed: int) -> KIVLA:
 
 
 def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0, device: str = "cpu",
-                      kinds: tuple[str, ...] = PRETRAIN_KINDS) -> tuple[KIVLA, list[dict]]:
+                      kinds: tuple[str, ...] = PRETRAIN_KINDS,
+                      text_data: ReachData | None = None) -> tuple[KIVLA, list[dict]]:
     """VLM pretraining on VQA + captions (+ the given text kinds): next-token CE trains the
-    backbone only. The model is returned on `device`."""
+    backbone only. text_data: the scenes to ask about (default: the training episodes').
+    The model is returned on `device`."""
     model = new_model(data, seed).to(device)
-    sampler = TextSampler(data.train, data.config, model.text_tokenizer, data.train.text(kinds))
+    text_data = text_data if text_data is not None else data.train
+    sampler = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(kinds))
     history = fit(model, sampler, FitConfig(recipe="fast", steps=size.pretrain_steps, batch_size=size.batch_size,
                                             lr=size.pretrain_lr, warmup_steps=max(1, size.pretrain_steps // 10),
                                             seed=seed, device=device), parameters=model.backbone.parameters())

@@ -11,7 +11,7 @@ evaluation seeds never overlap (EVAL_SEED_OFFSET).
                     vqa      "Question: is there a red block? Answer: " -> "yes"
                     caption  "Caption: " -> "from left to right: red block, blue block"
                     point    "Question: point to the blue block Answer: " -> "column 3 row 2"
-                             (the demo checkpoint's pretraining; the study leaves it out)
+                             (make-demo-checkpoint --point-questions; the study leaves it out)
                     subtask  planner prompt "Task: tidy up the table: start with the red
                              block. Subtask: " -> "move to the red block"
 """

@@ -32,7 +32,7 @@ from ki_vla_ros.sim.tasks import start_reach_episode
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler, TextSampler
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
-from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
+from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone, trainable
 from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, SUBTASK_TEMPLATE,
                                                TEXT_KINDS, generate_reach_data)
 
@@ -54,7 +54,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                          size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1,
                          device: str = "cpu", model_overrides: dict | None = None,
                          time_budget_s: float | None = None, recipe: str = "ki",
-                         vlm_scenes: int = 0, point_questions: bool = False) -> str:
+                         vlm_scenes: int = 0, point_questions: bool = False, freeze_vision: bool = False) -> str:
     """Train, write (float16) and evaluate the demo checkpoint; returns the evaluation summary.
 
     snapshot_dir: also save the model every 500 steps there (to watch a long run).
@@ -82,7 +82,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                                         data.config.image_size, steps=1)
     extra_kinds = (POINT_KIND,) if point_questions else ()
     model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=PRETRAIN_KINDS + extra_kinds,
-                                 text_data=text_data)
+                                 text_data=text_data, freeze_vision=freeze_vision)
     log(f"[demo-checkpoint] data + VLM pretraining done ({time.perf_counter() - t0:.0f} s)")
     actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
     text = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(TEXT_KINDS + extra_kinds))
@@ -93,7 +93,8 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                          warmup_steps=100, seed=DEMO_SEED, device=device)
 
     if time_budget_s is not None:
-        probe = fit(copy.deepcopy(model), sampler, fit_config(20))
+        probe_model = copy.deepcopy(model)
+        probe = fit(probe_model, sampler, fit_config(20), parameters=trainable(probe_model, freeze_vision))
         step_s = float(np.median([h["step_s"] for h in probe[5:]]))
         size = dataclasses.replace(size, vla_steps=max(100, int(time_budget_s / step_s)))
         log(f"[demo-checkpoint] {step_s * 1e3:.1f} ms per step on {device}: "
@@ -105,7 +106,8 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         if snapshot_dir is not None and step and step % 500 == 0:
             m.save_pretrained(Path(snapshot_dir) / f"step_{step}")
 
-    history = fit(model, sampler, fit_config(size.vla_steps), on_step=on_step)
+    history = fit(model, sampler, fit_config(size.vla_steps), on_step=on_step,
+                  parameters=trainable(model, freeze_vision))
     model.to("cpu")
     train_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:  # write-then-move: never a half-written asset
@@ -118,14 +120,16 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
     metrics.update(train_seconds=train_s, vla_steps=size.vla_steps, final_losses=history[-1],
                    weights_bytes=(out_dir / "model.safetensors").stat().st_size,
                    device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions,
-                   reproduce=reproduce_command(size, device, model_overrides, recipe, vlm_scenes, point_questions))
+                   freeze_vision=freeze_vision,
+                   reproduce=reproduce_command(size, device, model_overrides, recipe, vlm_scenes, point_questions,
+                                               freeze_vision))
     (out_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "README.md").write_text(readme(metrics))
     return format_metrics(metrics)
 
 
 def reproduce_command(size: StudySize, device: str, model_overrides: dict | None, recipe: str = "ki",
-                      vlm_scenes: int = 0, point_questions: bool = False) -> str:
+                      vlm_scenes: int = 0, point_questions: bool = False, freeze_vision: bool = False) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
     parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
              f"--steps {size.vla_steps}"]
@@ -137,6 +141,8 @@ def reproduce_command(size: StudySize, device: str, model_overrides: dict | None
         parts.append(f"--vlm-scenes {vlm_scenes}")
     if point_questions:
         parts.append("--point-questions")
+    if freeze_vision:
+        parts.append("--freeze-vision")
     for field, flag in (("batch_size", "--batch-size"), ("train_episodes", "--train-episodes"),
                         ("pretrain_steps", "--pretrain-steps")):
         if getattr(size, field) != getattr(DEMO_SIZE, field):

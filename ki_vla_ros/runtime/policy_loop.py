@@ -103,12 +103,13 @@ class PolicyLoop:
         with self._lock:
             key = result.status.value
             self.counters.sync_results[key] = self.counters.sync_results.get(key, 0) + 1
-            if result.status not in (SyncStatus.STALE, SyncStatus.REJECTED):
+            if result.status in (SyncStatus.STALE, SyncStatus.REJECTED):
+                if result.reason:
+                    self.counters.note_error(input_name, f"{input_name}: {result.reason}")
+            else:
                 self.counters.errors.pop(input_name, None)
-            if result.status is SyncStatus.EMITTED and result.synced is not None:
-                self._latest = result.synced
-            elif result.status in (SyncStatus.STALE, SyncStatus.REJECTED) and result.reason:
-                self.counters.note_error(input_name, f"{input_name}: {result.reason}")
+                if result.status is SyncStatus.EMITTED and result.synced is not None:
+                    self._latest = result.synced
         return result
 
     def set_instruction(self, text: str) -> None:

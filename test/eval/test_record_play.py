@@ -26,15 +26,15 @@ def start(args, env):
 
 
 def stop(process, sig=signal.SIGINT, timeout_s=20.0, lines=None):
-    """Signal, wait (kill after timeout_s), return the output (from `lines` if it reads it)."""
+    """Signal, wait (kill after timeout_s), return the output: read here, or by `lines`' thread."""
     if process.poll() is None:
         process.send_signal(sig)
     try:
-        out, _ = (process.wait(timeout=timeout_s), None) if lines else process.communicate(timeout=timeout_s)
+        out = process.communicate(timeout=timeout_s)[0] if lines is None else process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
-        out, _ = (process.wait(), None) if lines else process.communicate()
-    return lines.text() if lines else out
+        out = process.communicate()[0] if lines is None else process.wait()
+    return out if lines is None else lines.text()
 
 
 SENSOR_TOPICS = ("/joint_states", "/cameras/base/image_raw", "/cameras/wrist/image_raw/compressed")

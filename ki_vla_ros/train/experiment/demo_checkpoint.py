@@ -68,14 +68,14 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         size = dataclasses.replace(size, vla_steps=steps)
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    data = prepare_data(robot, size, model_overrides)
-    # Many more scenes for the VLM data than there are demonstrations: one frame each is
-    # cheap to render, and a vision tower trained from scratch needs the variety to see.
-    text_data = data.train
     if size.train_episodes > VLM_SEED_OFFSET or VLM_SEED_OFFSET + vlm_scenes > EVAL_SEED_OFFSET:
         raise ValueError(f"train_episodes={size.train_episodes}, vlm_scenes={vlm_scenes}: the seed ranges would "
                          f"overlap; expected train_episodes <= {VLM_SEED_OFFSET} and "
                          f"vlm_scenes <= {EVAL_SEED_OFFSET - VLM_SEED_OFFSET}")
+    data = prepare_data(robot, size, model_overrides)
+    # Many more scenes for the VLM data than there are demonstrations: one frame each is
+    # cheap to render, and a vision tower trained from scratch needs the variety to see.
+    text_data = data.train
     if vlm_scenes:
         text_data = generate_reach_data(load_robot_config(robot),
                                         range(VLM_SEED_OFFSET, VLM_SEED_OFFSET + vlm_scenes),
@@ -117,18 +117,17 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
             shutil.rmtree(out_dir)
         shutil.copytree(staged, out_dir)
     metrics = evaluate_checkpoint(out_dir, robot, size.closed_loop_episodes)
+    options = dict(device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions,
+                   freeze_vision=freeze_vision)
     metrics.update(train_seconds=train_s, vla_steps=size.vla_steps, final_losses=history[-1],
-                   weights_bytes=(out_dir / "model.safetensors").stat().st_size,
-                   device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions,
-                   freeze_vision=freeze_vision,
-                   reproduce=reproduce_command(size, device, model_overrides, recipe, vlm_scenes, point_questions,
-                                               freeze_vision))
+                   weights_bytes=(out_dir / "model.safetensors").stat().st_size, **options,
+                   reproduce=reproduce_command(size, model_overrides, **options))
     (out_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "README.md").write_text(readme(metrics))
     return format_metrics(metrics)
 
 
-def reproduce_command(size: StudySize, device: str, model_overrides: dict | None, recipe: str = "ki",
+def reproduce_command(size: StudySize, model_overrides: dict | None, device: str = "cpu", recipe: str = "ki",
                       vlm_scenes: int = 0, point_questions: bool = False, freeze_vision: bool = False) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
     parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",

@@ -10,7 +10,11 @@ publishes /clock (rosgraph_msgs/Clock) with the bag time, as `ros2 bag play --cl
 
 Publishers are reliable (they match reliable and best-effort subscribers) and volatile.
 `--wait-for-subscribers` holds the start until every played topic has a subscriber, so
-the first messages are not lost to DDS discovery (0.3 s to 2.5 s on loopback).
+the first messages are not lost to DDS discovery (0.3 s to 2.5 s on loopback), and then
+MATCH_SETTLE_S more: DDS matches the two ends separately, and a message sent after the
+publisher has matched the subscriber but before the subscriber has matched the publisher
+is dropped. (A mitigation: the replay test timed out once in CI and once locally after
+this was added; the cause is not established.)
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ki_vla_ros.ros.graph import spin_until
 from ki_vla_ros.ros.recorder import message_class
 
 CLOCK_TOPIC = "/clock"
+MATCH_SETTLE_S = 0.5
 PLAYER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
@@ -91,6 +96,9 @@ def play(bag_path: str | Path, rate: float = 1.0, publish_clock: bool = False, l
                 spin_until(player, lambda: all(p.get_subscription_count() > 0
                                                for p in player.publishers_by_topic.values()),
                            wait_for_subscribers_s, f"a subscriber on each of {chosen}", executor=executor)
+                settle_end = time.monotonic() + MATCH_SETTLE_S
+                spin_until(player, lambda: time.monotonic() >= settle_end, MATCH_SETTLE_S + 1.0,
+                           "the subscribers to match the player", executor=executor)
             print(f"playing {bag.path} ({bag.message_count(chosen)} messages on {len(chosen)} topics, "
                   f"rate {rate})", flush=True)
             while not stop["requested"]:

@@ -175,3 +175,34 @@ def test_the_study_model_has_an_image_slot_per_camera_of_each_robot(robot):
     assert torch.isfinite(model.compute_loss(sampler.batch_at([(0, 0), (1, 3)]), "ki")["total"])
     outcome = ev.run_reach_episode(config, data.eval.seeds[0], ev.flow_chunk_fn(Predictor(model)), steps=5)
     assert np.isfinite(outcome.final_distance_m) and outcome.invalid_chunks == 0
+
+
+def test_the_vision_tower_trains_at_its_own_learning_rate(data):
+    """fit(vision_lr_scale=s): Adam's first step moves every weight by about lr, so the
+    vision tower's weights move s times as far as the rest's; s=0 leaves them untouched."""
+    from ki_vla_ros.train.experiment.fitting import FitConfig, fit
+
+    config = study_model_config(SINGLE_ARM.action_dim, SINGLE_ARM.num_image_slots)
+    stats = fit_norm_stats(data)
+    chunks = normalized_chunks(data, stats, config.action_horizon)
+    fast = FASTTokenizer.fit(chunks.reshape(-1, *chunks.shape[2:]), vocab_size=config.fast_vocab_size)
+
+    def first_step_moves(scale):
+        torch.manual_seed(0)
+        model = KIVLA(config, fast_tokenizer=fast, norm_stats=stats)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        sampler = ReachActionSampler(data, config, model.text_tokenizer, fast, stats)
+        fit(model, sampler, FitConfig(recipe="ki", steps=1, batch_size=4, lr=1e-3, warmup_steps=1,
+                                      weight_decay=0.0, vision_lr_scale=scale))
+        moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
+        vision = torch.cat([d.flatten() for n, d in moved.items() if ".vision_tower." in n])
+        text = torch.cat([d.flatten() for n, d in moved.items() if ".language_model." in n])
+        return vision, text
+
+    vision, text = first_step_moves(0.1)
+    ratio = vision.max().item() / text.max().item()
+    assert 0.09 < ratio < 0.11, ratio
+    vision, text = first_step_moves(0.0)
+    assert vision.max().item() == 0.0 and text.max().item() > 5e-4
+    with pytest.raises(ValueError, match="vision_lr_scale=-1"):
+        first_step_moves(-1.0)

@@ -32,7 +32,7 @@ from ki_vla_ros.sim.tasks import start_reach_episode
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler, TextSampler
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
-from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone, trainable
+from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
 from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, SUBTASK_TEMPLATE,
                                                TEXT_KINDS, generate_reach_data)
 
@@ -54,7 +54,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                          size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1,
                          device: str = "cpu", model_overrides: dict | None = None,
                          time_budget_s: float | None = None, recipe: str = "ki",
-                         vlm_scenes: int = 0, point_questions: bool = False, freeze_vision: bool = False) -> str:
+                         vlm_scenes: int = 0, point_questions: bool = False, vision_lr_scale: float = 1.0) -> str:
     """Train, write (float16) and evaluate the demo checkpoint; returns the evaluation summary.
 
     snapshot_dir: also save the model every 500 steps there (to watch a long run).
@@ -62,7 +62,9 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
     model_overrides: KIVLAConfig fields to change from the study model (e.g. image_size).
     time_budget_s: instead of a step count, train as many steps as fit in this time (measured
     on 20 steps of a throw-away copy of the model first, so the learning-rate schedule still
-    knows its length)."""
+    knows its length).
+    vision_lr_scale: the vision tower's learning rate as a fraction of the rest's, in both
+    stages (0: frozen at its random initialisation)."""
     out_dir = Path(out_dir)
     if steps is not None:
         size = dataclasses.replace(size, vla_steps=steps)
@@ -72,6 +74,8 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         raise ValueError(f"train_episodes={size.train_episodes}, vlm_scenes={vlm_scenes}: the seed ranges would "
                          f"overlap; expected train_episodes <= {VLM_SEED_OFFSET} and "
                          f"vlm_scenes <= {EVAL_SEED_OFFSET - VLM_SEED_OFFSET}")
+    if vision_lr_scale < 0:
+        raise ValueError(f"vision_lr_scale={vision_lr_scale}: expected a fraction >= 0 of the learning rate")
     data = prepare_data(robot, size, model_overrides)
     # Many more scenes for the VLM data than there are demonstrations: one frame each is
     # cheap to render, and a vision tower trained from scratch needs the variety to see.
@@ -82,7 +86,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                                         data.config.image_size, steps=1)
     extra_kinds = (POINT_KIND,) if point_questions else ()
     model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=PRETRAIN_KINDS + extra_kinds,
-                                 text_data=text_data, freeze_vision=freeze_vision)
+                                 text_data=text_data, vision_lr_scale=vision_lr_scale)
     log(f"[demo-checkpoint] data + VLM pretraining done ({time.perf_counter() - t0:.0f} s)")
     actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
     text = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(TEXT_KINDS + extra_kinds))
@@ -90,11 +94,11 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
 
     def fit_config(n_steps: int) -> FitConfig:
         return FitConfig(recipe=recipe, steps=n_steps, batch_size=size.batch_size, lr=size.vla_lr,
-                         warmup_steps=100, seed=DEMO_SEED, device=device)
+                         warmup_steps=100, seed=DEMO_SEED, device=device, vision_lr_scale=vision_lr_scale)
 
     if time_budget_s is not None:
         probe_model = copy.deepcopy(model)
-        probe = fit(probe_model, sampler, fit_config(20), parameters=trainable(probe_model, freeze_vision))
+        probe = fit(probe_model, sampler, fit_config(20))
         step_s = float(np.median([h["step_s"] for h in probe[5:]]))
         size = dataclasses.replace(size, vla_steps=max(100, int(time_budget_s / step_s)))
         log(f"[demo-checkpoint] {step_s * 1e3:.1f} ms per step on {device}: "
@@ -106,8 +110,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         if snapshot_dir is not None and step and step % 500 == 0:
             m.save_pretrained(Path(snapshot_dir) / f"step_{step}")
 
-    history = fit(model, sampler, fit_config(size.vla_steps), on_step=on_step,
-                  parameters=trainable(model, freeze_vision))
+    history = fit(model, sampler, fit_config(size.vla_steps), on_step=on_step)
     model.to("cpu")
     train_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:  # write-then-move: never a half-written asset
@@ -118,7 +121,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         shutil.copytree(staged, out_dir)
     metrics = evaluate_checkpoint(out_dir, robot, size.closed_loop_episodes)
     options = dict(device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions,
-                   freeze_vision=freeze_vision)
+                   vision_lr_scale=vision_lr_scale)
     metrics.update(train_seconds=train_s, vla_steps=size.vla_steps, final_losses=history[-1],
                    weights_bytes=(out_dir / "model.safetensors").stat().st_size, **options,
                    reproduce=reproduce_command(size, model_overrides, **options))
@@ -128,7 +131,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
 
 
 def reproduce_command(size: StudySize, model_overrides: dict | None, device: str = "cpu", recipe: str = "ki",
-                      vlm_scenes: int = 0, point_questions: bool = False, freeze_vision: bool = False) -> str:
+                      vlm_scenes: int = 0, point_questions: bool = False, vision_lr_scale: float = 1.0) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
     parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
              f"--steps {size.vla_steps}"]
@@ -140,8 +143,8 @@ def reproduce_command(size: StudySize, model_overrides: dict | None, device: str
         parts.append(f"--vlm-scenes {vlm_scenes}")
     if point_questions:
         parts.append("--point-questions")
-    if freeze_vision:
-        parts.append("--freeze-vision")
+    if vision_lr_scale != 1.0:
+        parts.append(f"--vision-lr-scale {vision_lr_scale:g}")
     for field, flag in (("batch_size", "--batch-size"), ("train_episodes", "--train-episodes"),
                         ("pretrain_steps", "--pretrain-steps")):
         if getattr(size, field) != getattr(DEMO_SIZE, field):

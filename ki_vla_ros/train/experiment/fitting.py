@@ -30,6 +30,13 @@ class FitConfig:
     grad_clip_norm: float = 1.0
     seed: int = 0
     device: str = "cpu"  # where the batches go; the caller puts the model there
+    # The vision tower's learning rate as a fraction of lr; 0 keeps it at its initialisation.
+    # At the study's size a from-scratch tower trained at the full rate collapses to features
+    # that do not depend on the image (README, "The demo checkpoint").
+    vision_lr_scale: float = 1.0
+
+
+VISION_TOWER = ".vision_tower."
 
 
 def lr_at(step: int, config: FitConfig) -> float:
@@ -37,26 +44,43 @@ def lr_at(step: int, config: FitConfig) -> float:
     return learning_rate(step, peak_lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps)
 
 
+def param_groups(module: torch.nn.Module, vision_lr_scale: float) -> list[dict]:
+    """module's trainable parameters as optimiser groups with an "lr_scale": the vision
+    tower's at vision_lr_scale (left out when 0), everything else at 1."""
+    if vision_lr_scale < 0:
+        raise ValueError(f"vision_lr_scale={vision_lr_scale}: expected a fraction >= 0 of the learning rate")
+    vision, rest = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (vision if VISION_TOWER in f".{name}" else rest).append(p)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if vision and vision_lr_scale > 0:
+        groups.append({"params": vision, "lr_scale": vision_lr_scale})
+    return groups
+
+
 def fit(model: KIVLA, sampler, config: FitConfig,
         on_step: Callable[[int, KIVLA], None] | None = None,
-        parameters=None) -> list[dict]:
+        module: torch.nn.Module | None = None) -> list[dict]:
     """Train `model` in place for config.steps; returns per-step losses.
 
     sampler: anything with sample(batch_size, rng) -> TrainingBatch. on_step(step, model) is
     called before step 0 and after every step (step = number of updates done).
-    parameters: what the optimiser updates (default: all of the model).
+    module: the part of the model the optimiser updates (default: all of it), its vision
+    tower at config.vision_lr_scale of the learning rate.
     """
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    groups = param_groups(module if module is not None else model, config.vision_lr_scale)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     history = []
     model.train()
     if on_step is not None:
         on_step(0, model)
     for step in range(config.steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
+            group["lr"] = lr_at(step, config) * group["lr_scale"]
         t0 = time.perf_counter()
         batch = sampler.sample(config.batch_size, rng).to(config.device)
         losses = model.compute_loss(batch, config.recipe)

@@ -127,25 +127,20 @@ def new_model(data: StudyData, seed: int) -> KIVLA:
         return KIVLA(data.config, fast_tokenizer=data.fast, norm_stats=data.norm_stats)
 
 
-def trainable(module: torch.nn.Module, freeze_vision: bool = False) -> list[torch.nn.Parameter]:
-    """module's parameters, without the vision tower's when freeze_vision."""
-    return [p for n, p in module.named_parameters() if not (freeze_vision and ".vision_tower." in f".{n}")]
-
-
 def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0, device: str = "cpu",
                       kinds: tuple[str, ...] = PRETRAIN_KINDS, text_data: ReachData | None = None,
-                      freeze_vision: bool = False) -> tuple[KIVLA, list[dict]]:
+                      vision_lr_scale: float = 1.0) -> tuple[KIVLA, list[dict]]:
     """VLM pretraining on VQA + captions (+ the given text kinds): next-token CE trains the
     backbone only. text_data: the scenes to ask about (default: the training episodes').
-    freeze_vision: keep the vision tower at its initialisation (random features).
+    vision_lr_scale: the vision tower's learning rate as a fraction of the rest's (0: frozen).
     The model is returned on `device`."""
     model = new_model(data, seed).to(device)
     text_data = text_data if text_data is not None else data.train
     sampler = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(kinds))
     history = fit(model, sampler, FitConfig(recipe="fast", steps=size.pretrain_steps, batch_size=size.batch_size,
                                             lr=size.pretrain_lr, warmup_steps=max(1, size.pretrain_steps // 10),
-                                            seed=seed, device=device),
-                  parameters=trainable(model.backbone, freeze_vision))
+                                            seed=seed, device=device, vision_lr_scale=vision_lr_scale),
+                  module=model.backbone)
     return model, history
 
 

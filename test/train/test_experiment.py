@@ -206,3 +206,26 @@ def test_the_vision_tower_trains_at_its_own_learning_rate(data):
     assert vision.max().item() == 0.0 and text.max().item() > 5e-4
     with pytest.raises(ValueError, match="vision_lr_scale=-1"):
         first_step_moves(-1.0)
+
+
+def test_the_recorded_reproduce_command_parses_back_to_the_same_recipe():
+    """demo_metrics.json's `reproduce` line, fed to the CLI, asks for the recipe that was run."""
+    import argparse
+    import dataclasses
+    import shlex
+
+    from ki_vla_ros.train.experiment.commands import add_demo_checkpoint_options, demo_checkpoint_kwargs
+    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE, reproduce_command
+
+    size = dataclasses.replace(DEMO_SIZE, vla_steps=5048, batch_size=32)
+    options = dict(device="cuda", recipe="joint", vlm_scenes=3000, point_questions=True, vision_lr_scale=0.1,
+                   vision_pretrain_steps=600)
+    command = reproduce_command(size, {"image_size": 64}, **options)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--make-demo-checkpoint")
+    add_demo_checkpoint_options(parser)
+    kwargs = demo_checkpoint_kwargs(parser.parse_args(shlex.split(command)[2:]))
+    assert {k: kwargs[k] for k in options} == options
+    assert kwargs["steps"] == 5048
+    assert kwargs["size_overrides"] == {"batch_size": 32}
+    assert kwargs["model_overrides"] == {"image_size": 64}

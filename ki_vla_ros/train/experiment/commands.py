@@ -43,6 +43,9 @@ def add_demo_checkpoint_options(parser) -> None:
     parser.add_argument("--vision-lr-scale", type=float, default=None,
                         help="the vision tower's learning rate as a fraction of the rest's (default: the recipe's; "
                              "0 keeps it at its random initialisation; at the full rate its features collapse)")
+    parser.add_argument("--vision-pretrain-steps", type=int, default=0,
+                        help="first train the vision tower alone to name the block colours in each image patch "
+                             "(default 0: off)")
     parser.add_argument("--snapshot-dir", default=None, help="also save the model there every 500 steps")
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=INT",
                         help="change a field of the tiny study model, e.g. --model image_size=64 (repeatable)")
@@ -59,7 +62,8 @@ def demo_checkpoint_kwargs(args) -> dict:
                               ("pretrain_steps", args.pretrain_steps)) if v is not None}
     return {"steps": args.steps, "time_budget_s": args.time_budget_s, "device": args.device, "recipe": args.recipe,
             "snapshot_dir": args.snapshot_dir, "vlm_scenes": args.vlm_scenes,
-            "point_questions": args.point_questions, **({} if args.vision_lr_scale is None else {"vision_lr_scale": args.vision_lr_scale}),
+            "point_questions": args.point_questions, "vision_pretrain_steps": args.vision_pretrain_steps,
+            **({} if args.vision_lr_scale is None else {"vision_lr_scale": args.vision_lr_scale}),
             "size_overrides": size, "model_overrides": overrides}
 
 

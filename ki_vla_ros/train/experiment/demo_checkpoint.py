@@ -54,7 +54,8 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                          size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1,
                          device: str = "cpu", model_overrides: dict | None = None,
                          time_budget_s: float | None = None, recipe: str = "ki",
-                         vlm_scenes: int = 0, point_questions: bool = False, vision_lr_scale: float = 1.0) -> str:
+                         vlm_scenes: int = 0, point_questions: bool = False, vision_lr_scale: float = 1.0,
+                         vision_pretrain_steps: int = 0) -> str:
     """Train, write (float16) and evaluate the demo checkpoint; returns the evaluation summary.
 
     snapshot_dir: also save the model every 500 steps there (to watch a long run).
@@ -64,7 +65,9 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
     on 20 steps of a throw-away copy of the model first, so the learning-rate schedule still
     knows its length).
     vision_lr_scale: the vision tower's learning rate as a fraction of the rest's, in both
-    stages (0: frozen at its random initialisation)."""
+    stages (0: frozen at its random initialisation).
+    vision_pretrain_steps: before the VLM pretraining, train the tower alone to name the block
+    colours in each patch (vision_pretraining.py)."""
     out_dir = Path(out_dir)
     if steps is not None:
         size = dataclasses.replace(size, vla_steps=steps)
@@ -86,7 +89,8 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                                         data.config.image_size, steps=1)
     extra_kinds = (POINT_KIND,) if point_questions else ()
     model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=PRETRAIN_KINDS + extra_kinds,
-                                 text_data=text_data, vision_lr_scale=vision_lr_scale)
+                                 text_data=text_data, vision_lr_scale=vision_lr_scale,
+                                 vision_pretrain_steps=vision_pretrain_steps)
     log(f"[demo-checkpoint] data + VLM pretraining done ({time.perf_counter() - t0:.0f} s)")
     actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
     text = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(TEXT_KINDS + extra_kinds))
@@ -121,7 +125,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         shutil.copytree(staged, out_dir)
     metrics = evaluate_checkpoint(out_dir, robot, size.closed_loop_episodes)
     options = dict(device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions,
-                   vision_lr_scale=vision_lr_scale)
+                   vision_lr_scale=vision_lr_scale, vision_pretrain_steps=vision_pretrain_steps)
     metrics.update(train_seconds=train_s, vla_steps=size.vla_steps, final_losses=history[-1],
                    weights_bytes=(out_dir / "model.safetensors").stat().st_size, **options,
                    reproduce=reproduce_command(size, model_overrides, **options))
@@ -131,7 +135,8 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
 
 
 def reproduce_command(size: StudySize, model_overrides: dict | None, device: str = "cpu", recipe: str = "ki",
-                      vlm_scenes: int = 0, point_questions: bool = False, vision_lr_scale: float = 1.0) -> str:
+                      vlm_scenes: int = 0, point_questions: bool = False, vision_lr_scale: float = 1.0,
+                      vision_pretrain_steps: int = 0) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
     parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
              f"--steps {size.vla_steps}"]
@@ -145,6 +150,8 @@ def reproduce_command(size: StudySize, model_overrides: dict | None, device: str
         parts.append("--point-questions")
     if vision_lr_scale != 1.0:
         parts.append(f"--vision-lr-scale {vision_lr_scale:g}")
+    if vision_pretrain_steps:
+        parts.append(f"--vision-pretrain-steps {vision_pretrain_steps}")
     for field, flag in (("batch_size", "--batch-size"), ("train_episodes", "--train-episodes"),
                         ("pretrain_steps", "--pretrain-steps")):
         if getattr(size, field) != getattr(DEMO_SIZE, field):

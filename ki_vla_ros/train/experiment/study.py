@@ -40,6 +40,7 @@ from ki_vla_ros.train.experiment.batches import (MixedSampler, ReachActionSample
                                                  normalized_chunks)
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
 from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, ReachData, generate_reach_data
+from ki_vla_ros.train.experiment.vision_pretraining import frames, pretrain_vision_tower
 
 # The tiny preset shrunk so that the whole study fits a 2-core CPU: same architecture
 # (SigLIP-style tower, Gemma backbone, adaRMSNorm expert sharing depth/heads/head_dim), ~0.42M
@@ -129,13 +130,16 @@ def new_model(data: StudyData, seed: int) -> KIVLA:
 
 def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0, device: str = "cpu",
                       kinds: tuple[str, ...] = PRETRAIN_KINDS, text_data: ReachData | None = None,
-                      vision_lr_scale: float = 1.0) -> tuple[KIVLA, list[dict]]:
+                      vision_lr_scale: float = 1.0, vision_pretrain_steps: int = 0) -> tuple[KIVLA, list[dict]]:
     """VLM pretraining on VQA + captions (+ the given text kinds): next-token CE trains the
     backbone only. text_data: the scenes to ask about (default: the training episodes').
     vision_lr_scale: the vision tower's learning rate as a fraction of the rest's (0: frozen).
-    The model is returned on `device`."""
+    vision_pretrain_steps: first train the tower alone on the patch colours of those scenes
+    (vision_pretraining.py). The model is returned on `device`."""
     model = new_model(data, seed).to(device)
     text_data = text_data if text_data is not None else data.train
+    if vision_pretrain_steps:
+        pretrain_vision_tower(model, frames(text_data), vision_pretrain_steps, seed=seed)
     sampler = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(kinds))
     history = fit(model, sampler, FitConfig(recipe="fast", steps=size.pretrain_steps, batch_size=size.batch_size,
                                             lr=size.pretrain_lr, warmup_steps=max(1, size.pretrain_steps // 10),

@@ -191,6 +191,16 @@ def paligemma_config(c: KIVLAConfig) -> PaliGemmaConfig:
     )
 
 
+def _init_projector(linear: nn.Linear) -> None:
+    """Fan-in init of the image-token projector: image tokens start with unit variance per
+    dimension, as the LayerNormed vision features do. transformers' default (std 0.02) makes
+    them as small as the text embeddings; a backbone trained from scratch then did not learn
+    which image token shows the named block (README, "The demo checkpoint"). Pretrained
+    weights replace this init when loaded."""
+    nn.init.normal_(linear.weight, std=linear.in_features ** -0.5)
+    nn.init.zeros_(linear.bias)
+
+
 def _project_qkv(attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """h [B, N, W] -> q [B, heads, N, hd], k and v [B, kv_heads, N, hd], RoPE on q and k."""
     b, n, _ = h.shape
@@ -223,6 +233,7 @@ class KIVLA(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = PaliGemmaForConditionalGeneration(paligemma_config(config))
+        _init_projector(self.backbone.model.multi_modal_projector.linear)
         self.action_expert = ActionExpert(config)
         if text_tokenizer is None and config.text_tokenizer == "byte":
             from .text_tokenizer import ByteTokenizer

@@ -217,9 +217,9 @@ def test_the_recorded_reproduce_command_parses_back_to_the_same_recipe():
     from ki_vla_ros.train.experiment.commands import add_demo_checkpoint_options, demo_checkpoint_kwargs
     from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE, reproduce_command
 
-    size = dataclasses.replace(DEMO_SIZE, vla_steps=5048, batch_size=32)
-    options = dict(device="cuda", recipe="joint", vlm_scenes=3000, point_questions=True, vision_lr_scale=0.1,
-                   vision_pretrain_steps=600)
+    size = dataclasses.replace(DEMO_SIZE, vla_steps=5048, batch_size=32, vision_lr_scale=0.1,
+                               vision_pretrain_steps=DEMO_SIZE.vision_pretrain_steps + 100)
+    options = dict(device="cuda", recipe="joint", vlm_scenes=3000, point_questions=True)
     command = reproduce_command(size, {"image_size": 64}, **options)
     parser = argparse.ArgumentParser()
     parser.add_argument("--make-demo-checkpoint")
@@ -227,5 +227,6 @@ def test_the_recorded_reproduce_command_parses_back_to_the_same_recipe():
     kwargs = demo_checkpoint_kwargs(parser.parse_args(shlex.split(command)[2:]))
     assert {k: kwargs[k] for k in options} == options
     assert kwargs["steps"] == 5048
-    assert kwargs["size_overrides"] == {"batch_size": 32}
+    assert kwargs["size_overrides"] == {"batch_size": 32, "vision_lr_scale": 0.1,
+                                        "vision_pretrain_steps": DEMO_SIZE.vision_pretrain_steps + 100}
     assert kwargs["model_overrides"] == {"image_size": 64}

@@ -55,3 +55,24 @@ def test_pretraining_teaches_held_out_patches_their_colours():
     # Most patches show no block, so "no colour anywhere" is already right for ~85 % of them.
     assert result["held_out_accuracy_after"] > 0.93 > result["held_out_accuracy_before"]
     assert all(torch.equal(p, other[n]) for n, p in model.named_parameters() if n in other)
+
+
+def test_the_study_pretrains_the_tower_then_keeps_it_frozen():
+    """pretrain_backbone with vision_lr_scale=0: the tower leaves VLM pretraining exactly as
+    the patch-colour stage left it, while the language model moves."""
+    import dataclasses
+
+    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
+    from ki_vla_ros.train.experiment.study import new_model, prepare_data, pretrain_backbone
+
+    size = dataclasses.replace(DEMO_SIZE, train_episodes=4, eval_episodes=1, pretrain_steps=3,
+                               vision_pretrain_steps=5, vision_lr_scale=0.0)
+    data = prepare_data("single_arm", size)
+    model, _ = pretrain_backbone(data, size, seed=0)
+    reference = new_model(data, seed=0)
+    initial_lm = {n: p.detach().clone() for n, p in reference.backbone.model.language_model.named_parameters()}
+    pretrain_vision_tower(reference, frames(data.train), steps=5, seed=0)
+    for (name, got), want in zip(model.backbone.model.vision_tower.state_dict().items(),
+                                 reference.backbone.model.vision_tower.state_dict().values()):
+        assert torch.equal(got, want), name
+    assert any(not torch.equal(p, initial_lm[n]) for n, p in model.backbone.model.language_model.named_parameters())

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# StudySize fields that make-demo-checkpoint sets from the command line, and their flags.
+SIZE_OPTIONS = {"batch_size": "--batch-size", "train_episodes": "--train-episodes",
+                "pretrain_steps": "--pretrain-steps", "vision_pretrain_steps": "--vision-pretrain-steps",
+                "vision_lr_scale": "--vision-lr-scale"}
+
 
 def add_subcommands(subparsers) -> None:
     claims = subparsers.add_parser("ki-claims", help="reproduce the KI paper's claims at small scale (CPU)")
@@ -42,10 +47,10 @@ def add_demo_checkpoint_options(parser) -> None:
                         help="add 'point to the <block>' -> 'column C row R' to pretraining and co-training")
     parser.add_argument("--vision-lr-scale", type=float, default=None,
                         help="the vision tower's learning rate as a fraction of the rest's (default: the recipe's; "
-                             "0 keeps it at its random initialisation; at the full rate its features collapse)")
-    parser.add_argument("--vision-pretrain-steps", type=int, default=0,
-                        help="first train the vision tower alone to name the block colours in each image patch "
-                             "(default 0: off)")
+                             "0: frozen after its pretraining; at the full rate its features collapse)")
+    parser.add_argument("--vision-pretrain-steps", type=int, default=None,
+                        help="steps that first train the vision tower alone to name the block colours in each "
+                             "image patch (default: the recipe's; 0: none)")
     parser.add_argument("--snapshot-dir", default=None, help="also save the model there every 500 steps")
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=INT",
                         help="change a field of the tiny study model, e.g. --model image_size=64 (repeatable)")
@@ -58,12 +63,11 @@ def demo_checkpoint_kwargs(args) -> dict:
         if not sep or not value.lstrip("-").isdigit():
             raise SystemExit(f"--model {item!r}: expected FIELD=INTEGER, e.g. image_size=64")
         overrides[field] = int(value)
-    size = {k: v for k, v in (("batch_size", args.batch_size), ("train_episodes", args.train_episodes),
-                              ("pretrain_steps", args.pretrain_steps)) if v is not None}
+    size = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in SIZE_OPTIONS.items()}
+    size = {field: value for field, value in size.items() if value is not None}
     return {"steps": args.steps, "time_budget_s": args.time_budget_s, "device": args.device, "recipe": args.recipe,
             "snapshot_dir": args.snapshot_dir, "vlm_scenes": args.vlm_scenes,
-            "point_questions": args.point_questions, "vision_pretrain_steps": args.vision_pretrain_steps,
-            **({} if args.vision_lr_scale is None else {"vision_lr_scale": args.vision_lr_scale}),
+            "point_questions": args.point_questions,
             "size_overrides": size, "model_overrides": overrides}
 
 

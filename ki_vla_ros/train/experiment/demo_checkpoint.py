@@ -31,6 +31,7 @@ from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.sim.tasks import start_reach_episode
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler, TextSampler
+from ki_vla_ros.train.experiment.commands import SIZE_OPTIONS
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
 from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
 from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, SUBTASK_TEMPLATE,
@@ -54,8 +55,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                          size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1,
                          device: str = "cpu", model_overrides: dict | None = None,
                          time_budget_s: float | None = None, recipe: str = "ki",
-                         vlm_scenes: int = 0, point_questions: bool = False, vision_lr_scale: float = 1.0,
-                         vision_pretrain_steps: int = 0) -> str:
+                         vlm_scenes: int = 0, point_questions: bool = False) -> str:
     """Train, write (float16) and evaluate the demo checkpoint; returns the evaluation summary.
 
     snapshot_dir: also save the model every 500 steps there (to watch a long run).
@@ -63,11 +63,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
     model_overrides: KIVLAConfig fields to change from the study model (e.g. image_size).
     time_budget_s: instead of a step count, train as many steps as fit in this time (measured
     on 20 steps of a throw-away copy of the model first, so the learning-rate schedule still
-    knows its length).
-    vision_lr_scale: the vision tower's learning rate as a fraction of the rest's, in both
-    stages (0: frozen at its random initialisation).
-    vision_pretrain_steps: before the VLM pretraining, train the tower alone to name the block
-    colours in each patch (vision_pretraining.py)."""
+    knows its length)."""
     out_dir = Path(out_dir)
     if steps is not None:
         size = dataclasses.replace(size, vla_steps=steps)
@@ -77,8 +73,8 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         raise ValueError(f"train_episodes={size.train_episodes}, vlm_scenes={vlm_scenes}: the seed ranges would "
                          f"overlap; expected train_episodes <= {VLM_SEED_OFFSET} and "
                          f"vlm_scenes <= {EVAL_SEED_OFFSET - VLM_SEED_OFFSET}")
-    if vision_lr_scale < 0:
-        raise ValueError(f"vision_lr_scale={vision_lr_scale}: expected a fraction >= 0 of the learning rate")
+    if size.vision_lr_scale < 0:
+        raise ValueError(f"vision_lr_scale={size.vision_lr_scale}: expected a fraction >= 0 of the learning rate")
     data = prepare_data(robot, size, model_overrides)
     # Many more scenes for the VLM data than there are demonstrations: one frame each is
     # cheap to render, and a vision tower trained from scratch needs the variety to see.
@@ -89,8 +85,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                                         data.config.image_size, steps=1)
     extra_kinds = (POINT_KIND,) if point_questions else ()
     model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=PRETRAIN_KINDS + extra_kinds,
-                                 text_data=text_data, vision_lr_scale=vision_lr_scale,
-                                 vision_pretrain_steps=vision_pretrain_steps)
+                                 text_data=text_data)
     log(f"[demo-checkpoint] data + VLM pretraining done ({time.perf_counter() - t0:.0f} s)")
     actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
     text = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(TEXT_KINDS + extra_kinds))
@@ -98,7 +93,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
 
     def fit_config(n_steps: int) -> FitConfig:
         return FitConfig(recipe=recipe, steps=n_steps, batch_size=size.batch_size, lr=size.vla_lr,
-                         warmup_steps=100, seed=DEMO_SEED, device=device, vision_lr_scale=vision_lr_scale)
+                         warmup_steps=100, seed=DEMO_SEED, device=device, vision_lr_scale=size.vision_lr_scale)
 
     if time_budget_s is not None:
         probe_model = copy.deepcopy(model)
@@ -124,10 +119,10 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
             shutil.rmtree(out_dir)
         shutil.copytree(staged, out_dir)
     metrics = evaluate_checkpoint(out_dir, robot, size.closed_loop_episodes)
-    options = dict(device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions,
-                   vision_lr_scale=vision_lr_scale, vision_pretrain_steps=vision_pretrain_steps)
+    options = dict(device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions)
     metrics.update(train_seconds=train_s, vla_steps=size.vla_steps, final_losses=history[-1],
                    weights_bytes=(out_dir / "model.safetensors").stat().st_size, **options,
+                   vision_pretrain_steps=size.vision_pretrain_steps, vision_lr_scale=size.vision_lr_scale,
                    reproduce=reproduce_command(size, model_overrides, **options))
     (out_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "README.md").write_text(readme(metrics))
@@ -135,8 +130,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
 
 
 def reproduce_command(size: StudySize, model_overrides: dict | None, device: str = "cpu", recipe: str = "ki",
-                      vlm_scenes: int = 0, point_questions: bool = False, vision_lr_scale: float = 1.0,
-                      vision_pretrain_steps: int = 0) -> str:
+                      vlm_scenes: int = 0, point_questions: bool = False) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
     parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
              f"--steps {size.vla_steps}"]
@@ -148,14 +142,9 @@ def reproduce_command(size: StudySize, model_overrides: dict | None, device: str
         parts.append(f"--vlm-scenes {vlm_scenes}")
     if point_questions:
         parts.append("--point-questions")
-    if vision_lr_scale != 1.0:
-        parts.append(f"--vision-lr-scale {vision_lr_scale:g}")
-    if vision_pretrain_steps:
-        parts.append(f"--vision-pretrain-steps {vision_pretrain_steps}")
-    for field, flag in (("batch_size", "--batch-size"), ("train_episodes", "--train-episodes"),
-                        ("pretrain_steps", "--pretrain-steps")):
+    for field, flag in SIZE_OPTIONS.items():
         if getattr(size, field) != getattr(DEMO_SIZE, field):
-            parts.append(f"{flag} {getattr(size, field)}")
+            parts.append(f"{flag} {getattr(size, field):g}")
     parts += [f"--model {k}={v}" for k, v in sorted((model_overrides or {}).items())]
     return " ".join(parts)
 

@@ -76,6 +76,12 @@ class StudySize:
     pretrain_lr: float = 2e-3
     vla_lr: float = 1.5e-3
     vlm_ratio: float = 0.25  # co-training fraction for the CE recipes (ki, joint, fast)
+    # The vision tower: first trained alone to name the block colours in each patch (the
+    # stand-in for SigLIP's pretraining, vision_pretraining.py), then at vision_lr_scale of
+    # the learning rate in every later stage (0: frozen). Trained from scratch through the
+    # language model's loss instead, its features collapse (README, "The demo checkpoint").
+    vision_pretrain_steps: int = 600
+    vision_lr_scale: float = 0.0
     # Held-out MSE (normalized, moving dims) that counts as "trained" for claim 1. For scale:
     # predicting the mean action scores ~0.4; sampling from the unconditional action
     # distribution ~0.7-0.8.
@@ -129,21 +135,20 @@ def new_model(data: StudyData, seed: int) -> KIVLA:
 
 
 def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0, device: str = "cpu",
-                      kinds: tuple[str, ...] = PRETRAIN_KINDS, text_data: ReachData | None = None,
-                      vision_lr_scale: float = 1.0, vision_pretrain_steps: int = 0) -> tuple[KIVLA, list[dict]]:
+                      kinds: tuple[str, ...] = PRETRAIN_KINDS,
+                      text_data: ReachData | None = None) -> tuple[KIVLA, list[dict]]:
     """VLM pretraining on VQA + captions (+ the given text kinds): next-token CE trains the
-    backbone only. text_data: the scenes to ask about (default: the training episodes').
-    vision_lr_scale: the vision tower's learning rate as a fraction of the rest's (0: frozen).
-    vision_pretrain_steps: first train the tower alone on the patch colours of those scenes
-    (vision_pretraining.py). The model is returned on `device`."""
+    backbone only, after size.vision_pretrain_steps of the tower alone on the patch colours
+    of the same scenes. text_data: the scenes (default: the training episodes').
+    The model is returned on `device`."""
     model = new_model(data, seed).to(device)
     text_data = text_data if text_data is not None else data.train
-    if vision_pretrain_steps:
-        pretrain_vision_tower(model, frames(text_data), vision_pretrain_steps, seed=seed)
+    if size.vision_pretrain_steps:
+        pretrain_vision_tower(model, frames(text_data), size.vision_pretrain_steps, seed=seed)
     sampler = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(kinds))
     history = fit(model, sampler, FitConfig(recipe="fast", steps=size.pretrain_steps, batch_size=size.batch_size,
                                             lr=size.pretrain_lr, warmup_steps=max(1, size.pretrain_steps // 10),
-                                            seed=seed, device=device, vision_lr_scale=vision_lr_scale),
+                                            seed=seed, device=device, vision_lr_scale=size.vision_lr_scale),
                   module=model.backbone)
     return model, history
 
@@ -202,7 +207,7 @@ def train_recipe(data: StudyData, pretrained: KIVLA, recipe: str, seed: int, siz
     t0 = time.perf_counter()
     history = fit(model, sampler, FitConfig(recipe=recipe, steps=size.vla_steps, batch_size=size.batch_size,
                                             lr=size.vla_lr, warmup_steps=max(1, size.vla_steps // 10),
-                                            seed=seed), on_step=on_step)
+                                            seed=seed, vision_lr_scale=size.vision_lr_scale), on_step=on_step)
     seconds = time.perf_counter() - t0
     log(f"  {recipe:5s} seed {seed}: action mse {curve_mse[0]:.3f} -> {curve_mse[-1]:.3f} in {size.vla_steps} steps "
         f"({seconds:.0f} s, {np.mean([h['step_s'] for h in history]) * 1e3:.0f} ms/step)")

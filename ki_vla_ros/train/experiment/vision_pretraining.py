@@ -61,10 +61,9 @@ def pretrain_vision_tower(model: KIVLA, images: np.ndarray, steps: int, batch_si
     config = model.config
     tower = model.backbone.model.vision_tower
     device = model.device
-    labels = patch_color_labels(images, config.patch_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = torch.nn.Linear(config.vision_width, labels.shape[-1]).to(device)
+        head = torch.nn.Linear(config.vision_width, len(BLOCK_COLORS_RGB)).to(device)
     out: dict = {}
     if held_out is not None:
         held_labels = patch_color_labels(held_out, config.patch_size)
@@ -74,9 +73,10 @@ def pretrain_vision_tower(model: KIVLA, images: np.ndarray, steps: int, batch_si
     losses = []
     tower.train()
     for _ in range(steps):
-        idx = rng.integers(len(images), size=batch_size)
-        logits = head(tower(pixel_values=_pixels(images[idx], device)).last_hidden_state)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[idx].to(device))
+        batch = images[rng.integers(len(images), size=batch_size)]  # labelled per batch: a study has 10^4+ frames
+        logits = head(tower(pixel_values=_pixels(batch, device)).last_hidden_state)
+        labels = patch_color_labels(batch, config.patch_size).to(device)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -13,8 +13,8 @@ Publishers are reliable (they match reliable and best-effort subscribers) and vo
 the first messages are not lost to DDS discovery (0.3 s to 2.5 s on loopback), and then
 MATCH_SETTLE_S more: DDS matches the two ends separately, and a message sent after the
 publisher has matched the subscriber but before the subscriber has matched the publisher
-is dropped. (A mitigation: the replay test timed out once in CI and once locally after
-this was added; the cause is not established.)
+can be dropped. At the end the player waits (up to ACK_TIMEOUT_S) until every subscriber
+has acknowledged the last messages: shutting down right after the last publish lost it.
 """
 
 from __future__ import annotations

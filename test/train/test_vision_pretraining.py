@@ -76,3 +76,17 @@ def test_the_study_pretrains_the_tower_then_keeps_it_frozen():
                                  reference.backbone.model.vision_tower.state_dict().values()):
         assert torch.equal(got, want), name
     assert any(not torch.equal(p, initial_lm[n]) for n, p in model.backbone.model.language_model.named_parameters())
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("vision_lr_scale", -0.5, "vision_lr_scale=-0.5: expected a fraction >= 0"),
+    ("vision_lr_scale", float("nan"), "vision_lr_scale=nan: expected a fraction >= 0"),
+    ("vision_pretrain_steps", -1, r"vision_pretrain_steps=-1: expected >= 0"),
+])
+def test_a_bad_vision_setting_is_rejected_before_any_data_is_made(field, value, match):
+    import dataclasses
+
+    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
+
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(DEMO_SIZE, **{field: value})

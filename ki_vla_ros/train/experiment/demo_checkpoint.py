@@ -73,8 +73,6 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         raise ValueError(f"train_episodes={size.train_episodes}, vlm_scenes={vlm_scenes}: the seed ranges would "
                          f"overlap; expected train_episodes <= {VLM_SEED_OFFSET} and "
                          f"vlm_scenes <= {EVAL_SEED_OFFSET - VLM_SEED_OFFSET}")
-    if size.vision_lr_scale < 0:
-        raise ValueError(f"vision_lr_scale={size.vision_lr_scale}: expected a fraction >= 0 of the learning rate")
     data = prepare_data(robot, size, model_overrides)
     # Many more scenes for the VLM data than there are demonstrations: one frame each is
     # cheap to render, and a vision tower trained from scratch needs the variety to see.
@@ -96,8 +94,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                          warmup_steps=100, seed=DEMO_SEED, device=device, vision_lr_scale=size.vision_lr_scale)
 
     if time_budget_s is not None:
-        probe_model = copy.deepcopy(model)
-        probe = fit(probe_model, sampler, fit_config(20))
+        probe = fit(copy.deepcopy(model), sampler, fit_config(20))
         step_s = float(np.median([h["step_s"] for h in probe[5:]]))
         size = dataclasses.replace(size, vla_steps=max(100, int(time_budget_s / step_s)))
         log(f"[demo-checkpoint] {step_s * 1e3:.1f} ms per step on {device}: "

@@ -30,13 +30,21 @@ class FitConfig:
     grad_clip_norm: float = 1.0
     seed: int = 0
     device: str = "cpu"  # where the batches go; the caller puts the model there
-    # The vision tower's learning rate as a fraction of lr; 0 keeps it at its initialisation.
+    # The vision tower's learning rate as a fraction of lr; 0 leaves the tower as it is.
     # At the study's size a from-scratch tower trained at the full rate collapses to features
     # that do not depend on the image (README, "The demo checkpoint").
     vision_lr_scale: float = 1.0
 
+    def __post_init__(self):
+        check_vision_lr_scale(self.vision_lr_scale)
+
 
 VISION_TOWER = ".vision_tower."
+
+
+def check_vision_lr_scale(scale: float) -> None:
+    if not scale >= 0:  # also rejects NaN
+        raise ValueError(f"vision_lr_scale={scale}: expected a fraction >= 0 of the learning rate")
 
 
 def lr_at(step: int, config: FitConfig) -> float:
@@ -47,8 +55,7 @@ def lr_at(step: int, config: FitConfig) -> float:
 def param_groups(module: torch.nn.Module, vision_lr_scale: float) -> list[dict]:
     """module's trainable parameters as optimiser groups with an "lr_scale": the vision
     tower's at vision_lr_scale (left out when 0), everything else at 1."""
-    if vision_lr_scale < 0:
-        raise ValueError(f"vision_lr_scale={vision_lr_scale}: expected a fraction >= 0 of the learning rate")
+    check_vision_lr_scale(vision_lr_scale)
     vision, rest = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:

@@ -38,7 +38,7 @@ from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import (MixedSampler, ReachActionSampler, TextSampler, fit_norm_stats,
                                                  normalized_chunks)
-from ki_vla_ros.train.experiment.fitting import FitConfig, fit
+from ki_vla_ros.train.experiment.fitting import FitConfig, check_vision_lr_scale, fit
 from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, ReachData, generate_reach_data
 from ki_vla_ros.train.experiment.vision_pretraining import frames, pretrain_vision_tower
 
@@ -86,6 +86,12 @@ class StudySize:
     # predicting the mean action scores ~0.4; sampling from the unconditional action
     # distribution ~0.7-0.8.
     target_mse: float = 0.2
+
+    def __post_init__(self):
+        check_vision_lr_scale(self.vision_lr_scale)
+        if self.vision_pretrain_steps < 0:
+            raise ValueError(f"vision_pretrain_steps={self.vision_pretrain_steps}: expected >= 0 "
+                             f"(0: no vision pretraining)")
 
 
 SIZES = {

@@ -1,0 +1,55 @@
+"""Held-out action error of a checkpoint, split by the step its chunk starts at:
+`python benchmarks/action_error_by_step.py CHECKPOINT [--episodes 64] [--steps 0 3 6 10 15]`.
+
+A reach demonstration starts with the arm at rest at its home pose, so the chunk that
+starts at step 0 can only come from the image and the instruction. Once the arm moves,
+its pose already points at the target, and a policy can score well by continuing the
+motion. This table separates the two (README, "The demo checkpoint"). The scenes are the
+held-out evaluation seeds; the flow expert samples with fixed noise (10 Euler steps).
+Columns: flow MSE over the moving action dims (normalized), the MSE of predicting the
+mean chunk of those samples, and their ratio (below 1: better than the mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ki_vla_ros.model.inference import Predictor
+from ki_vla_ros.train.experiment import evaluation as ev
+from ki_vla_ros.train.experiment.batches import ReachActionSampler
+from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, generate_reach_data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a directory written by save_pretrained (single_arm)")
+    parser.add_argument("--robot", default="single_arm")
+    parser.add_argument("--episodes", type=int, default=64, help="held-out scenes (default 64)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[0, 3, 6, 10, 15])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = Predictor.from_pretrained(args.checkpoint, device="cpu", dtype="float32").model
+    data = generate_reach_data(args.robot, range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + args.episodes),
+                               model.config.image_size)
+    bad = [t for t in args.steps if not 0 <= t < data.steps]
+    if bad:
+        parser.error(f"--steps {bad}: expected steps in [0, {data.steps})")
+    sampler = ReachActionSampler(data, model.config, model.text_tokenizer, model.fast_tokenizer, model.norm_stats)
+    dims = ev.active_action_dims(model.norm_stats["actions"])
+    print(f"{args.checkpoint}: {args.episodes} held-out scenes, moving action dims {dims.tolist()}")
+    print(f"{'start step':>10s} {'flow mse':>9s} {'mean-chunk mse':>15s} {'ratio':>6s}")
+    for t in args.steps:
+        batch = sampler.batch_at([(e, t) for e in range(args.episodes)])
+        noise = torch.randn(args.episodes, model.config.action_horizon, model.config.action_dim,
+                            generator=torch.Generator().manual_seed(0))
+        predicted, _ = ev.predict_normalized_chunks(model, batch, ev.FLOW, noise)
+        expected = batch.actions[:, :, dims].numpy()
+        mse = ev.chunk_mse(predicted[:, :, dims], expected)
+        mean_mse = ev.chunk_mse(expected.mean(0, keepdims=True).repeat(args.episodes, 0), expected)
+        print(f"{t:>10d} {mse:>9.3f} {mean_mse:>15.3f} {mse / mean_mse:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,10 @@
   3..258 = the UTF-8 bytes 0..255; ids 259..vocab_size-1 are reserved for other uses
   (the FAST action ids sit at the end of the vocabulary) and are not text.
 - `SentencePieceTokenizer`: PaliGemma's SentencePiece model, read from the checkpoint
-  directory the user provides (tokenizer.model, or openpi's paligemma_tokenizer.model).
+  directory the user provides (tokenizer.model, or openpi's paligemma_tokenizer.model);
+  or a small one fitted on a dataset's own text (`SentencePieceTokenizer.fit`), which
+  the demo checkpoint uses: with whole words as tokens a tiny backbone links "red" to the
+  red patches far sooner than it does from the bytes r, e, d (README, "The demo checkpoint").
 
 A checkpoint records its tokenizer with `to_config()` (and `save(directory)`, which also
 writes the model file); `load_text_tokenizer(config, directory)` rebuilds it.
@@ -12,6 +15,7 @@ writes the model file); `load_text_tokenizer(config, directory)` rebuilds it.
 
 from __future__ import annotations
 
+import io
 import operator
 from pathlib import Path
 from typing import Sequence
@@ -88,6 +92,29 @@ class SentencePieceTokenizer:
         # Padded positions are masked out, so pad only needs to be a valid id; models trained
         # without a pad piece fall back to unk.
         self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self._sp.unk_id()
+
+    @classmethod
+    def fit(cls, lines: Sequence[str], max_pieces: int, vocab_size: int | None = None) -> "SentencePieceTokenizer":
+        """Fit a BPE model on `lines` (in memory; deterministic for the same lines).
+
+        PaliGemma's special ids (pad 0, eos 1, bos 2, unk 3); every UTF-8 byte has a piece
+        (byte fallback), so text unlike the lines still encodes and decodes; digits are
+        split, as PaliGemma's are. max_pieces bounds the model (a repetitive corpus gives
+        fewer); vocab_size is the backbone's vocabulary, at least the model's pieces.
+        """
+        lines = [line for line in lines if isinstance(line, str) and line.strip()]
+        if not lines:
+            raise ValueError("fitting a SentencePiece model needs at least one non-empty line of text")
+        min_pieces = 4 + 256 + 1  # special ids, byte pieces, one word piece
+        if max_pieces < min_pieces:
+            raise ValueError(f"max_pieces is {max_pieces}; expected >= {min_pieces} "
+                             "(4 special ids and 256 byte pieces come first)")
+        buffer = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=buffer, vocab_size=int(max_pieces), model_type="bpe",
+            byte_fallback=True, character_coverage=1.0, split_digits=True, hard_vocab_limit=False,
+            pad_id=0, eos_id=1, bos_id=2, unk_id=3, num_threads=1, minloglevel=2)
+        return cls(buffer.getvalue(), vocab_size=vocab_size)
 
     @classmethod
     def from_dir(cls, directory, vocab_size: int | None = None) -> "SentencePieceTokenizer":

@@ -44,6 +44,7 @@ EPISODE_DURATION_S = 3.0
 MOBILE_START_X_M = (-0.15, 0.0)
 MOBILE_START_Y_M = (-0.10, 0.10)
 MOBILE_START_YAW_RAD = (-0.2, 0.2)
+NOISE_STREAM = 1  # generate_episode's action noise: its own random stream per seed
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,28 @@ def start_reach_episode(config: RobotConfig, seed: int, step_duration_s: float |
 
 def generate_episode(config: RobotConfig, seed: int, steps: int | None = None,
                      step_duration_s: float | None = None, *, max_image_side_px: int | None = 96,
-                     image_size_px: tuple[int, int] | None = None) -> dict[str, Any]:
+                     image_size_px: tuple[int, int] | None = None, action_noise_rad: float = 0.0) -> dict[str, Any]:
     """One expert demonstration (layout in the module docstring).
 
     Defaults: step_duration_s = config.chunk.step_duration_s, steps = EPISODE_DURATION_S
     worth, images scaled so their longer side is 96 px (max_image_side_px=None keeps the
     config's camera sizes, which is what sim_robot publishes).
+
+    action_noise_rad > 0: the robot executes the expert's action plus Gaussian noise of this
+    standard deviation on the reaching arm's shoulder and elbow, while `actions` records the
+    clean expert action, which corrects from wherever the noise put the arm (DART, Laskey
+    et al., 2017). The demonstrations then show recoveries, and the arm's pose no longer
+    gives the target away. The scene and the task are the seed's either way.
     """
+    if not (math.isfinite(action_noise_rad) and action_noise_rad >= 0):
+        raise ValueError(f"action_noise_rad is {action_noise_rad}; expected a finite standard deviation >= 0")
     step_duration_s = step_duration_s or config.chunk.step_duration_s
     steps = steps or math.ceil(EPISODE_DURATION_S / step_duration_s)
     robot, task = start_reach_episode(config, seed, step_duration_s, image_size_px,
                                       max_image_side_px)
     expert = ReachExpert(robot, task.target)
+    noisy = [config.action_names.index(j) for j in (expert.arm.shoulder_joint, expert.arm.elbow_joint)]
+    noise_rng = np.random.default_rng([seed, NOISE_STREAM])  # apart from the scene's and task's draws
     images = {c.name: np.empty((steps, c.height_px, c.width_px, 3), np.uint8) for c in robot.cameras}
     state = np.empty((steps, config.state_dim), np.float32)
     actions = np.empty((steps, config.action_dim), np.float32)
@@ -107,7 +118,10 @@ def generate_episode(config: RobotConfig, seed: int, steps: int | None = None,
             images[name][t] = image
         state[t] = robot.state_vector()
         actions[t] = expert.action(step_duration_s)
-        robot.apply_action(actions[t], float(now), step_duration_s)
+        executed = actions[t].astype(np.float64)
+        if action_noise_rad:
+            executed[noisy] += noise_rng.normal(0.0, action_noise_rad, len(noisy))  # the controller clips to the limits
+        robot.apply_action(executed, float(now), step_duration_s)
     robot.step(steps * step_duration_s)
     return {
         "images": images,

@@ -101,3 +101,23 @@ def test_bad_tokenizer_specs_raise_clearly(tmp_path):
         load_text_tokenizer({"type": "sentencepiece"})
     with pytest.raises(FileNotFoundError, match="tokenizer.model not found"):
         load_text_tokenizer({"type": "sentencepiece", "file": "tokenizer.model"}, directory=tmp_path)
+
+
+def test_a_fitted_sentencepiece_model_has_whole_words_and_still_encodes_unseen_text(tmp_path):
+    lines = [f"Task: move to the {c} block, State: 1 2 3;\nAction: " for c in ("red", "blue", "green")] * 20
+    tok = SentencePieceTokenizer.fit(lines, max_pieces=400, vocab_size=1024)
+    assert (tok.pad_id, tok.eos_id, tok.bos_id) == (0, 1, 2) and tok.vocab_size == 1024
+    pieces = tok._sp.encode("move to the blue block", out_type=str)
+    assert pieces == ["▁move", "▁to", "▁the", "▁blue", "▁block"]
+    assert tok.decode(tok.encode("grasp the purple mug ü 42")) == "grasp the purple mug ü 42"  # byte fallback
+    assert SentencePieceTokenizer.fit(lines, max_pieces=400)._sp.serialized_model_proto() == \
+        tok._sp.serialized_model_proto()  # deterministic
+    rebuilt = load_text_tokenizer(tok.save(tmp_path), directory=tmp_path)
+    assert rebuilt.encode("move to the red block") == tok.encode("move to the red block")
+
+
+def test_fitting_a_sentencepiece_model_rejects_no_text_and_too_few_pieces():
+    with pytest.raises(ValueError, match="at least one non-empty line"):
+        SentencePieceTokenizer.fit(["", "  "], max_pieces=400)
+    with pytest.raises(ValueError, match="max_pieces is 100; expected >= 261"):
+        SentencePieceTokenizer.fit(["move to the red block"], max_pieces=100)

@@ -71,6 +71,28 @@ def test_replaying_the_recorded_actions_in_the_same_setup_reproduces_the_episode
     assert task.success(robot) == episode["success"] is True
 
 
+@pytest.mark.parametrize("name", ["single_arm", "bimanual"])
+def test_noisy_demonstrations_show_the_expert_correcting_the_executed_noise(name):
+    """action_noise_rad: the arm is pushed off the expert's path, the recorded actions are
+    the expert's corrections from where it really is, and the seed's scene and task stay."""
+    config = load_robot_config(name)
+    clean = generate_episode(config, 7, steps=20, max_image_side_px=32)
+    noisy = generate_episode(config, 7, steps=20, max_image_side_px=32, action_noise_rad=0.03)
+    assert (noisy["instruction"], noisy["target"]) == (clean["instruction"], clean["target"])
+    np.testing.assert_array_equal(noisy["images"][config.cameras[0].name][0], clean["images"][config.cameras[0].name][0])
+    np.testing.assert_array_equal(noisy["state"][0], clean["state"][0])
+    # The executed action is not the recorded one: the next state misses the label ...
+    miss = np.abs(noisy["state"][1:, :len(config.joints)] - noisy["actions"][:-1, :len(config.joints)]).max()
+    assert miss > 0.01
+    # ... and the labels bring the gripper to the block anyway (within the last step's noise).
+    assert noisy["final_distance_m"] < 0.05
+    again = generate_episode(config, 7, steps=20, max_image_side_px=32, action_noise_rad=0.03)
+    np.testing.assert_array_equal(again["actions"], noisy["actions"])
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match=f"action_noise_rad is {bad}; expected a finite standard deviation"):
+            generate_episode(config, 7, steps=2, action_noise_rad=bad)
+
+
 def test_reach_tasks_name_an_object_of_the_scene():
     scene = Scene((SceneObject("red", (0.5, 0.1)), SceneObject("green", (0.6, -0.2))))
     tasks = {ReachTask.sample(scene, np.random.default_rng(s)).target for s in range(20)}

@@ -102,12 +102,12 @@ def test_the_study_pretrains_the_tower_then_keeps_it_frozen():
     from ki_vla_ros.train.experiment.study import new_model, prepare_data, pretrain_backbone
 
     size = dataclasses.replace(DEMO_SIZE, train_episodes=4, eval_episodes=1, pretrain_steps=3,
-                               vision_pretrain_steps=5, vision_lr_scale=0.0)
+                               point_pretrain_steps=2, vision_pretrain_steps=5, vision_lr_scale=0.0)
     data = prepare_data("single_arm", size)
     model, _ = pretrain_backbone(data, size, seed=0)
     reference = new_model(data, seed=0)
     initial_lm = {n: p.detach().clone() for n, p in reference.backbone.model.language_model.named_parameters()}
-    pretrain_vision_tower(reference, frames(data.train), steps=5, seed=0)
+    pretrain_vision_tower(reference, frames(data.train), steps=5, seed=0, where_weight=size.where_weight)
     for (name, got), want in zip(model.backbone.model.vision_tower.state_dict().items(),
                                  reference.backbone.model.vision_tower.state_dict().values()):
         assert torch.equal(got, want), name
@@ -118,6 +118,9 @@ def test_the_study_pretrains_the_tower_then_keeps_it_frozen():
     ("vision_lr_scale", -0.5, "vision_lr_scale=-0.5: expected a fraction >= 0"),
     ("vision_lr_scale", float("nan"), "vision_lr_scale=nan: expected a fraction >= 0"),
     ("vision_pretrain_steps", -1, r"vision_pretrain_steps=-1: expected >= 0"),
+    ("point_pretrain_steps", -2, r"point_pretrain_steps=-2: expected >= 0"),
+    ("where_weight", -1.0, r"where_weight=-1.0: expected >= 0"),
+    ("text_tokenizer", "words", r"text_tokenizer='words': expected one of \('byte', 'sentencepiece'\)"),
 ])
 def test_a_bad_vision_setting_is_rejected_before_any_data_is_made(field, value, match):
     import dataclasses

@@ -53,7 +53,12 @@ def normalized_chunks(data: ReachData, norm_stats: dict[str, NormStats], horizon
 
 class ReachActionSampler:
     def __init__(self, data: ReachData, config: KIVLAConfig, text_tokenizer, fast_tokenizer,
-                 norm_stats: dict[str, NormStats]):
+                 norm_stats: dict[str, NormStats], first_step_fraction: float = 0.0):
+        """first_step_fraction: this share of sampled chunks start at step 0, where only the
+        image and the instruction say where to go (the rest start at a uniform step)."""
+        if not 0.0 <= first_step_fraction <= 1.0:
+            raise ValueError(f"first_step_fraction is {first_step_fraction}; expected a fraction in [0, 1]")
+        self.first_step_fraction = float(first_step_fraction)
         if data.actions.shape[-1] > config.action_dim:
             raise ValueError(f"data has {data.actions.shape[-1]} action dims; the model predicts "
                              f"{config.action_dim} (config.action_dim)")
@@ -101,6 +106,8 @@ class ReachActionSampler:
     def sample(self, batch_size: int, rng: np.random.Generator) -> TrainingBatch:
         e = rng.integers(self.data.num_episodes, size=batch_size)
         t = rng.integers(self.data.steps, size=batch_size)
+        if self.first_step_fraction:
+            t = np.where(rng.random(batch_size) < self.first_step_fraction, 0, t)
         return self.batch_at(list(zip(e.tolist(), t.tolist())))
 
 

@@ -5,10 +5,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# StudySize fields that make-demo-checkpoint sets from the command line, and their flags.
-SIZE_OPTIONS = {"batch_size": "--batch-size", "train_episodes": "--train-episodes",
-                "pretrain_steps": "--pretrain-steps", "vision_pretrain_steps": "--vision-pretrain-steps",
-                "vision_lr_scale": "--vision-lr-scale"}
+# Scenes (one frame each) the demo checkpoint's VLM data is about; here so the CLI needs no torch.
+DEMO_VLM_SCENES = 3000
+TEXT_TOKENIZERS = ("byte", "sentencepiece")
+# StudySize fields that make-demo-checkpoint sets from the command line: flag, type, help.
+# Each defaults to the shipped recipe's value (DEMO_SIZE).
+SIZE_OPTIONS = {
+    "batch_size": ("--batch-size", int, "batch size"),
+    "train_episodes": ("--train-episodes", int, "demonstration episodes"),
+    "pretrain_steps": ("--pretrain-steps", int, "mixed VLM pretraining steps"),
+    "vision_pretrain_steps": ("--vision-pretrain-steps", int,
+                              "steps that first train the vision tower alone on the block colours (and positions) "
+                              "in each image patch; 0: none"),
+    "vision_lr_scale": ("--vision-lr-scale", float,
+                        "the vision tower's learning rate as a fraction of the rest's; 0: frozen after its "
+                        "pretraining (at the full rate its features collapse)"),
+    "where_weight": ("--where-weight", float, "weight of the patch-position loss in the vision tower's "
+                                              "pretraining; 0: colours only"),
+    "point_pretrain_steps": ("--point-pretrain-steps", int,
+                             "VLM steps on pointing questions alone before the mixed VLM pretraining; 0: none"),
+    "text_tokenizer": ("--text-tokenizer", str, "byte, or sentencepiece: a word-level model fitted on the "
+                                                "training text"),
+    "demo_action_noise_rad": ("--demo-action-noise-rad", float,
+                              "noise (rad, std) added to the executed actions of the training demonstrations, "
+                              "which the expert's labels then correct; 0: clean"),
+    "first_step_fraction": ("--first-step-fraction", float,
+                            "share of VLA action samples that start at step 0, where only the image and the "
+                            "instruction say where to go; 0: uniform over steps"),
+}
 
 
 def add_subcommands(subparsers) -> None:
@@ -37,20 +61,15 @@ def add_demo_checkpoint_options(parser) -> None:
     parser.add_argument("--device", default="cpu", help="where to train: cpu (default) or cuda")
     parser.add_argument("--recipe", default="ki", choices=("ki", "joint", "pi0"),
                         help="VLA recipe (default ki; the demo needs the flow expert, so not fast)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
-    parser.add_argument("--train-episodes", type=int, default=None,
-                        help="demonstration episodes (default: the recipe's)")
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="VLM pretraining steps")
-    parser.add_argument("--vlm-scenes", type=int, default=0,
-                        help="extra scenes (one frame each) for the VLM questions (default 0: the demonstrations')")
-    parser.add_argument("--point-questions", action="store_true",
-                        help="add 'point to the <block>' -> 'column C row R' to pretraining and co-training")
-    parser.add_argument("--vision-lr-scale", type=float, default=None,
-                        help="the vision tower's learning rate as a fraction of the rest's (default: the recipe's; "
-                             "0: frozen after its pretraining; at the full rate its features collapse)")
-    parser.add_argument("--vision-pretrain-steps", type=int, default=None,
-                        help="steps that first train the vision tower alone to name the block colours in each "
-                             "image patch (default: the recipe's; 0: none)")
+    parser.add_argument("--vlm-scenes", type=int, default=DEMO_VLM_SCENES,
+                        help=f"scenes (one frame each) for the VLM questions (default {DEMO_VLM_SCENES}; "
+                             "0: the demonstrations')")
+    parser.add_argument("--point-questions", action=argparse.BooleanOptionalAction, default=True,
+                        help="'point to the <block>' -> 'column C row R' in the mixed VLM pretraining and the "
+                             "co-training (default: on)")
+    for field, (flag, kind, text) in SIZE_OPTIONS.items():
+        choices = TEXT_TOKENIZERS if field == "text_tokenizer" else None
+        parser.add_argument(flag, type=kind, default=None, choices=choices, help=f"{text} (default: the recipe's)")
     parser.add_argument("--snapshot-dir", default=None, help="also save the model there every 500 steps")
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=INT",
                         help="change a field of the tiny study model, e.g. --model image_size=64 (repeatable)")
@@ -63,7 +82,7 @@ def demo_checkpoint_kwargs(args) -> dict:
         if not sep or not value.lstrip("-").isdigit():
             raise SystemExit(f"--model {item!r}: expected FIELD=INTEGER, e.g. image_size=64")
         overrides[field] = int(value)
-    size = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in SIZE_OPTIONS.items()}
+    size = {field: getattr(args, flag[2:].replace("-", "_")) for field, (flag, _, _) in SIZE_OPTIONS.items()}
     size = {field: value for field, value in size.items() if value is not None}
     return {"steps": args.steps, "time_budget_s": args.time_budget_s, "device": args.device, "recipe": args.recipe,
             "snapshot_dir": args.snapshot_dir, "vlm_scenes": args.vlm_scenes,

@@ -125,6 +125,8 @@ class ReachOutcome:
     wrong_block: bool  # ended on another block
     final_distance_m: float
     invalid_chunks: int  # chunks the policy could not produce (robot held still)
+    start_distance_m: float = float("nan")
+    nearest_is_target: bool = False  # ended nearer the named block than any other block
 
 
 ChunkFn = Callable[[list[np.ndarray], np.ndarray, str], np.ndarray | None]
@@ -168,6 +170,7 @@ def run_reach_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, step
     prompt = instruction or task.instruction
     slots = sorted(config.cameras, key=lambda c: c.slot)
     chunk, invalid = None, 0
+    start_distance_m = robot.distance_to(task.target)
     for t in range(steps):
         now = t * dt
         k = t % execute_steps
@@ -181,9 +184,11 @@ def run_reach_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, step
             robot.apply_action(np.asarray(chunk[k], dtype=np.float64), now, dt)
     robot.step(steps * dt)
     others = [n for n in robot.scene.names if n != task.target]
+    final_distance_m = robot.distance_to(task.target)
     return ReachOutcome(seed=seed, instruction=prompt, target=task.target, success=task.success(robot),
                         wrong_block=any(robot.reached(n, REACH_TOLERANCE_M) for n in others),
-                        final_distance_m=robot.distance_to(task.target), invalid_chunks=invalid)
+                        final_distance_m=final_distance_m, invalid_chunks=invalid, start_distance_m=start_distance_m,
+                        nearest_is_target=all(final_distance_m < robot.distance_to(n) for n in others))
 
 
 def summarize_outcomes(outcomes: Sequence[ReachOutcome]) -> dict[str, float]:
@@ -193,6 +198,8 @@ def summarize_outcomes(outcomes: Sequence[ReachOutcome]) -> dict[str, float]:
     return {"episodes": n, "success_rate": sum(o.success for o in outcomes) / n,
             "wrong_block_rate": sum(o.wrong_block for o in outcomes) / n,
             "median_final_distance_m": float(np.median([o.final_distance_m for o in outcomes])),
+            "median_start_distance_m": float(np.median([o.start_distance_m for o in outcomes])),
+            "nearest_is_target_rate": sum(o.nearest_is_target for o in outcomes) / n,
             "invalid_chunks": int(sum(o.invalid_chunks for o in outcomes))}
 
 

@@ -34,12 +34,14 @@ from ki_vla_ros.model.config import RECIPES, KIVLAConfig
 from ki_vla_ros.model.fast import FASTTokenizer
 from ki_vla_ros.model.inference import Predictor
 from ki_vla_ros.model.network import KIVLA, ActionExpert, count_parameters
+from ki_vla_ros.model.text_tokenizer import SentencePieceTokenizer
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import (MixedSampler, ReachActionSampler, TextSampler, fit_norm_stats,
                                                  normalized_chunks)
+from ki_vla_ros.train.experiment.commands import TEXT_TOKENIZERS
 from ki_vla_ros.train.experiment.fitting import FitConfig, check_vision_lr_scale, fit
-from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, ReachData, generate_reach_data
+from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, ReachData, generate_reach_data, tokenizer_corpus
 from ki_vla_ros.train.experiment.vision_pretraining import frames, pretrain_vision_tower
 
 # The tiny preset shrunk so that the whole study fits a 2-core CPU: same architecture
@@ -52,6 +54,7 @@ STUDY_MODEL = dict(
     expert_head_dim=32,
 )
 PRETRAIN_KINDS = ("vqa", "caption")  # "web" data; planner subtasks are robot data
+TEXT_PIECES = 600  # below the FAST ids of the tiny vocabulary (1024 - 128 - 256 = 640)
 
 
 def study_model_config(action_dim: int, num_cameras: int = 2) -> KIVLAConfig:
@@ -82,6 +85,19 @@ class StudySize:
     # language model's loss instead, its features collapse (README, "The demo checkpoint").
     vision_pretrain_steps: int = 600
     vision_lr_scale: float = 0.0
+    # ... and, with where_weight > 0, also where in the patch each colour is (vision_pretraining.py).
+    where_weight: float = 0.0
+    # "byte" (the tiny preset's) or "sentencepiece": a BPE model of at most TEXT_PIECES pieces
+    # fitted on the training text (tasks.tokenizer_corpus), words as tokens.
+    text_tokenizer: str = "byte"
+    # A first VLM stage on "point to the <color> block" -> "column c row r" alone, before the
+    # mixed one (pretrain_backbone).
+    point_pretrain_steps: int = 0
+    # Executed-action noise of the training demonstrations (sim.tasks.generate_episode: the
+    # expert's labels correct it); held-out episodes are always clean.
+    demo_action_noise_rad: float = 0.0
+    # The share of VLA action samples that start at step 0 (batches.ReachActionSampler).
+    first_step_fraction: float = 0.0
     # Held-out MSE (normalized, moving dims) that counts as "trained" for claim 1. For scale:
     # predicting the mean action scores ~0.4; sampling from the unconditional action
     # distribution ~0.7-0.8.
@@ -89,9 +105,13 @@ class StudySize:
 
     def __post_init__(self):
         check_vision_lr_scale(self.vision_lr_scale)
-        if self.vision_pretrain_steps < 0:
-            raise ValueError(f"vision_pretrain_steps={self.vision_pretrain_steps}: expected >= 0 "
-                             f"(0: no vision pretraining)")
+        for name in ("vision_pretrain_steps", "point_pretrain_steps", "where_weight", "demo_action_noise_rad"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 0 (0: off)")
+        if not 0.0 <= self.first_step_fraction <= 1.0:
+            raise ValueError(f"first_step_fraction={self.first_step_fraction}: expected a fraction in [0, 1]")
+        if self.text_tokenizer not in TEXT_TOKENIZERS:
+            raise ValueError(f"text_tokenizer={self.text_tokenizer!r}: expected one of {TEXT_TOKENIZERS}")
 
 
 SIZES = {
@@ -117,6 +137,7 @@ class StudyData:
     norm_stats: dict
     fast: FASTTokenizer
     config: KIVLAConfig
+    text_tokenizer: SentencePieceTokenizer | None = None  # None: the config's byte tokenizer
 
 
 def prepare_data(robot: str, size: StudySize, model_overrides: dict | None = None) -> StudyData:
@@ -125,19 +146,29 @@ def prepare_data(robot: str, size: StudySize, model_overrides: dict | None = Non
     cfg_robot = load_robot_config(robot)
     config = dataclasses.replace(study_model_config(cfg_robot.action_dim, cfg_robot.num_image_slots),
                                  **(model_overrides or {}))
-    train = generate_reach_data(cfg_robot, range(size.train_episodes), config.image_size)
+    train = generate_reach_data(cfg_robot, range(size.train_episodes), config.image_size,
+                                action_noise_rad=size.demo_action_noise_rad)
     held_out = generate_reach_data(cfg_robot, range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + size.eval_episodes),
                                    config.image_size)
     stats = fit_norm_stats(train)
     chunks = normalized_chunks(train, stats, config.action_horizon)
     fast = FASTTokenizer.fit(chunks.reshape(-1, *chunks.shape[2:]), vocab_size=config.fast_vocab_size)
-    return StudyData(train, held_out, stats, fast, config)
+    text_tokenizer = None
+    if size.text_tokenizer == "sentencepiece":
+        config = dataclasses.replace(config, text_tokenizer="sentencepiece")
+        text_tokenizer = SentencePieceTokenizer.fit(tokenizer_corpus(train), TEXT_PIECES, vocab_size=config.vocab_size)
+        first_fast_id = fast.to_backbone_ids([fast.vocab_size - 1], config.vocab_size)[0]
+        if text_tokenizer.text_vocab > first_fast_id:
+            raise ValueError(f"the fitted text tokenizer has {text_tokenizer.text_vocab} pieces; the FAST ids "
+                             f"start at {first_fast_id} (vocab_size {config.vocab_size})")
+    return StudyData(train, held_out, stats, fast, config, text_tokenizer)
 
 
 def new_model(data: StudyData, seed: int) -> KIVLA:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return KIVLA(data.config, fast_tokenizer=data.fast, norm_stats=data.norm_stats)
+        return KIVLA(data.config, text_tokenizer=data.text_tokenizer, fast_tokenizer=data.fast,
+                     norm_stats=data.norm_stats)
 
 
 def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0, device: str = "cpu",
@@ -145,17 +176,23 @@ def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0, device: s
                       text_data: ReachData | None = None) -> tuple[KIVLA, list[dict]]:
     """VLM pretraining on VQA + captions (+ the given text kinds): next-token CE trains the
     backbone only, after size.vision_pretrain_steps of the tower alone on the patch colours
-    of the same scenes. text_data: the scenes (default: the training episodes').
-    The model is returned on `device`."""
+    (and, with size.where_weight, their positions) of the same scenes, and after
+    size.point_pretrain_steps on pointing questions alone. text_data: the scenes (default:
+    the training episodes'). The model is returned on `device`; the history is the last stage's."""
     model = new_model(data, seed).to(device)
     text_data = text_data if text_data is not None else data.train
     if size.vision_pretrain_steps:
-        pretrain_vision_tower(model, frames(text_data), size.vision_pretrain_steps, seed=seed)
-    sampler = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(kinds))
-    history = fit(model, sampler, FitConfig(recipe="fast", steps=size.pretrain_steps, batch_size=size.batch_size,
-                                            lr=size.pretrain_lr, warmup_steps=max(1, size.pretrain_steps // 10),
-                                            seed=seed, device=device, vision_lr_scale=size.vision_lr_scale),
-                  module=model.backbone)
+        pretrain_vision_tower(model, frames(text_data), size.vision_pretrain_steps, seed=seed,
+                              where_weight=size.where_weight)
+    history = []
+    for stage_kinds, steps in ((("point",), size.point_pretrain_steps), (kinds, size.pretrain_steps)):
+        if not steps:
+            continue
+        sampler = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(stage_kinds))
+        history = fit(model, sampler, FitConfig(recipe="fast", steps=steps, batch_size=size.batch_size,
+                                                lr=size.pretrain_lr, warmup_steps=max(1, steps // 10),
+                                                seed=seed, device=device, vision_lr_scale=size.vision_lr_scale),
+                      module=model.backbone)
     return model, history
 
 
@@ -194,7 +231,8 @@ def train_recipe(data: StudyData, pretrained: KIVLA, recipe: str, seed: int, siz
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1000 + seed)
         model.action_expert = ActionExpert(data.config)
-    actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
+    actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats,
+                                 first_step_fraction=size.first_step_fraction)
     text = TextSampler(data.train, data.config, model.text_tokenizer, data.train.text(PRETRAIN_KINDS))
     ratio = 0.0 if recipe == "pi0" else size.vlm_ratio  # π0 is not co-trained (its CE would be ignored)
     sampler = MixedSampler(actions, text, ratio)

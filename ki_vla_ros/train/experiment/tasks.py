@@ -11,7 +11,8 @@ evaluation seeds never overlap (EVAL_SEED_OFFSET).
                     vqa      "Question: is there a red block? Answer: " -> "yes"
                     caption  "Caption: " -> "from left to right: red block, blue block"
                     point    "Question: point to the blue block Answer: " -> "column 3 row 2"
-                             (make-demo-checkpoint --point-questions; the study leaves it out)
+                             (the demo checkpoint's pretraining and co-training; the study
+                             leaves it out)
                     subtask  planner prompt "Task: tidy up the table: start with the red
                              block. Subtask: " -> "move to the red block"
 """
@@ -24,9 +25,9 @@ from typing import Sequence
 import numpy as np
 
 from ki_vla_ros.model.inference import format_subtask_prompt
-from ki_vla_ros.model.preprocess import resize_with_pad
+from ki_vla_ros.model.preprocess import format_prompt, resize_with_pad
 from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
-from ki_vla_ros.sim.tasks import generate_episode, start_reach_episode
+from ki_vla_ros.sim.tasks import INSTRUCTION_TEMPLATES, generate_episode, start_reach_episode
 from ki_vla_ros.sim.vqa import point_samples, scene_caption, vqa_samples
 
 EVAL_SEED_OFFSET = 100_000
@@ -100,11 +101,13 @@ def text_samples_for_scene(episode: int, scene, max_answer_chars: int) -> list[T
 
 
 def generate_reach_data(robot: str | RobotConfig, seeds: Sequence[int], image_size: int,
-                        steps: int = EPISODE_STEPS, max_answer_chars: int = 46) -> ReachData:
+                        steps: int = EPISODE_STEPS, max_answer_chars: int = 46,
+                        action_noise_rad: float = 0.0) -> ReachData:
     """Expert demonstrations and text samples for the given scene seeds.
 
     image_size: the model's square input S; camera frames are rendered with their longer
     side at 96 px (what sim/tasks.py stores) and resize_with_pad'ed to S once here.
+    action_noise_rad: executed-action noise of the demonstrations (sim.tasks.generate_episode).
     """
     config = load_robot_config(robot) if isinstance(robot, str) else robot
     n_cam = config.num_image_slots
@@ -116,7 +119,8 @@ def generate_reach_data(robot: str | RobotConfig, seeds: Sequence[int], image_si
     instructions, targets, names, texts = [], [], [], []
     step_duration_s = config.chunk.step_duration_s
     for e, seed in enumerate(seeds):
-        ep = generate_episode(config, int(seed), steps=steps, step_duration_s=step_duration_s)
+        ep = generate_episode(config, int(seed), steps=steps, step_duration_s=step_duration_s,
+                              action_noise_rad=action_noise_rad)
         for cam in cams_by_slot:
             frames = ep["images"][cam.name]
             for t in range(steps):
@@ -130,6 +134,19 @@ def generate_reach_data(robot: str | RobotConfig, seeds: Sequence[int], image_si
     return ReachData(robot=config.name, seeds=[int(s) for s in seeds], images=images, state=state,
                      actions=actions, instructions=instructions, targets=targets, scene_names=names,
                      text_samples=texts, step_duration_s=step_duration_s)
+
+
+def tokenizer_corpus(data: ReachData) -> list[str]:
+    """The text a study model reads and writes, to fit its text tokenizer on: every text
+    sample (prompt and answer), and the action prompt of every demonstration (with varied
+    state digits) and of every instruction wording for every block in the data."""
+    lines = [s.prompt + s.answer for s in data.text_samples]
+    names = sorted({name for scene in data.scene_names for name in scene})
+    instructions = data.instructions + [t.format(target=n) for t in INSTRUCTION_TEMPLATES for n in names]
+    state_dim = data.state.shape[-1]
+    for i, instruction in enumerate(instructions):
+        lines.append(format_prompt(instruction, [(37 * i + 11 * j) % 256 for j in range(state_dim)]))
+    return lines
 
 
 def action_chunks(actions: np.ndarray, horizon: int) -> np.ndarray:

@@ -144,10 +144,11 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
     from ki_vla_ros.ros.graph import GraphTimeout
     from ki_vla_ros.ros.graph_spec import graph_nodes
     from ki_vla_ros.runtime.config import load_robot_config
+    from ki_vla_ros.runtime.model_loading import describe_checkpoint
 
     config = load_robot_config(config_name)
     checkpoint = checkpoint or config.model.checkpoint
-    weights = "random tiny weights (no trained checkpoint given)" if checkpoint == "tiny" else checkpoint
+    weights = describe_checkpoint(checkpoint)
     domain_id = domain_id if domain_id is not None else random.randint(101, 200)
     log_dir = Path(tempfile.mkdtemp(prefix="ki_vla_demo_"))
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",

@@ -132,7 +132,8 @@ class SyncConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    checkpoint: str = _doc("checkpoint directory, or 'tiny' for random tiny weights")
+    checkpoint: str = _doc("checkpoint directory, 'demo' for the shipped single_arm demo checkpoint, or 'tiny' for "
+                           "random tiny weights")
     device: str = _doc("torch device: cpu, cuda, cuda:N or auto")
 
 

@@ -1,4 +1,4 @@
-"""Load the predictor a robot config asks for (a checkpoint directory, or "tiny").
+"""Load the predictor a robot config asks for (a checkpoint directory, "demo" or "tiny").
 
 torch is imported only when a model is actually loaded, so the rest of runtime/ stays
 light. Used by the policy node, the planner and `ki-vla eval-bag`, so all three load a
@@ -13,6 +13,18 @@ from pathlib import Path
 from ki_vla_ros.runtime.config import RobotConfig
 
 TINY = "tiny"
+# The shipped single_arm demo checkpoint (train/experiment/demo_checkpoint.py made it).
+DEMO = "demo"
+DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_checkpoint"
+
+
+def describe_checkpoint(checkpoint: str) -> str:
+    """What a checkpoint setting loads, in words (for logs)."""
+    if checkpoint == TINY:
+        return "random tiny weights (no trained checkpoint given)"
+    if checkpoint == DEMO:
+        return f"the shipped demo checkpoint ({DEMO_CHECKPOINT_DIR})"
+    return checkpoint
 
 
 def set_torch_threads(requested: int = 0) -> int:
@@ -35,8 +47,8 @@ def load_predictor(config: RobotConfig, checkpoint: str | None = None, device: s
     """-> ki_vla_ros.model.inference.Predictor sized for `config`.
 
     checkpoint: overrides config.model.checkpoint. "tiny" builds the tiny preset with random
-    weights (for tests and the demo when no trained checkpoint is given) sized to the
-    robot's state, action and camera counts.
+    weights (for tests) sized to the robot's state, action and camera counts; "demo" is the
+    shipped single_arm demo checkpoint (DEMO_CHECKPOINT_DIR).
     """
     from ki_vla_ros.model.inference import Predictor
 
@@ -45,8 +57,8 @@ def load_predictor(config: RobotConfig, checkpoint: str | None = None, device: s
     if checkpoint == TINY:
         return Predictor.tiny_random(state_dim=config.state_dim, action_dim=config.action_dim,
                                      num_cameras=config.num_image_slots, seed=seed)
-    path = Path(checkpoint).expanduser()
+    path = DEMO_CHECKPOINT_DIR if checkpoint == DEMO else Path(checkpoint).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model checkpoint '{checkpoint}' (from {config.source}) is not a "
-                                f"directory; expected a directory written by save_pretrained or 'tiny'")
+                                f"directory; expected a directory written by save_pretrained, '{DEMO}' or '{TINY}'")
     return Predictor.from_pretrained(str(path), device=device)

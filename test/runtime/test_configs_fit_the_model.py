@@ -1,5 +1,5 @@
-"""Every shipped robot config runs through the tiny model with its default instruction and
-the longest possible state text (every joint at a limit). The π0.5 prompt carries the
+"""Every shipped robot config runs through the model it loads (single_arm: the shipped demo
+checkpoint; the others: the tiny preset) with its default instruction and the longest possible state text (every joint at a limit). The π0.5 prompt carries the
 discretized state as text, so a robot with many joints makes long prompts: 17 dims once
 overflowed the tiny preset's max_token_len and made the mobile robot hold."""
 import numpy as np
@@ -11,12 +11,12 @@ from ki_vla_ros.runtime.model_loading import load_predictor
 
 @pytest.mark.parametrize("name", ["single_arm", "bimanual", "mobile"])
 @pytest.mark.parametrize("at", ["lower", "upper"])
-def test_default_instruction_and_a_state_at_the_limits_fit_the_tiny_model(name, at):
+def test_default_instruction_and_a_state_at_the_limits_fit_the_configured_model(name, at):
     import torch
 
     torch.set_num_threads(1)
     config = load_robot_config(name)
-    predictor = load_predictor(config, "tiny")
+    predictor = load_predictor(config)  # the config's model.checkpoint
     state = np.array([getattr(config.joint_limits[j], at) for j in config.joints]
                      + [0.0] * (config.state_dim - len(config.joints)), np.float32)
     images = [np.zeros((48, 64, 3), np.uint8)] * config.num_image_slots
@@ -24,3 +24,16 @@ def test_default_instruction_and_a_state_at_the_limits_fit_the_tiny_model(name, 
     chunk = predictor.predict_chunk(images, state, config.default_instruction)
     assert chunk.shape == (predictor.horizon, config.action_dim)
     assert np.isfinite(chunk).all()
+
+
+def test_the_demo_keyword_loads_the_shipped_checkpoint_and_a_missing_directory_is_named(tmp_path):
+    from ki_vla_ros.runtime.model_loading import DEMO_CHECKPOINT_DIR
+
+    config = load_robot_config("single_arm")
+    assert config.model.checkpoint == "demo"
+    predictor = load_predictor(config, "demo")
+    assert predictor.model.config.name == "tiny_study" and (DEMO_CHECKPOINT_DIR / "model.safetensors").is_file()
+    missing = tmp_path / "nothing_here"
+    with pytest.raises(FileNotFoundError, match=f"'{missing}'.*expected a directory written by save_pretrained, "
+                                                "'demo' or 'tiny'"):
+        load_predictor(config, str(missing))

@@ -1,16 +1,22 @@
-"""The shipped demo checkpoint: the study's model trained longer with the KI recipe.
+"""The shipped demo checkpoint: the study's model, trained longer with the KI recipe.
 
     python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint
     (or: ki-vla make-demo-checkpoint)
 
-single_arm (8 state / 8 action dims, cameras base + wrist in 2 slots), horizon 10. Trained
-on DEMO_SIZE's reach demonstrations with VQA, caption and planner-subtask co-training, so it
-serves both the policy ("move to the red block" -> the arm moves to the red block) and the
-planner (generate_subtask(images, "tidy up the table: start with the red block") ->
-"move to the red block"). Weights are stored as float16 (under 1 MB); the loader casts
-them to the model's dtype. After writing, the checkpoint is reloaded with
-Predictor.from_pretrained and evaluated closed loop in SimRobot on held-out scenes; the
-numbers go to demo_metrics.json and README.md next to the weights.
+single_arm (8 state / 8 action dims, cameras base + wrist in 2 slots), horizon 10. The stages:
+  1. a word-level SentencePiece tokenizer fitted on the training text (DEMO_SIZE.text_tokenizer);
+  2. the vision tower alone learns which block colours each patch shows and where
+     (vision_pretraining.py, where_weight);
+  3. the backbone learns "point to the <color> block" -> "column C row R" alone
+     (point_pretrain_steps), then VQA, captions and pointing together (pretrain_steps);
+  4. KI: FAST-token CE and flow matching with stop-gradient, co-trained on VQA, captions,
+     pointing and planner subtasks (vlm_ratio).
+So the one checkpoint serves the policy ("move to the red block" -> the arm moves toward
+the red block) and the planner (generate_subtask(images, "tidy up the table: start with the
+red block") -> "move to the red block"). Weights are stored as float16 (under 1 MB); the
+loader casts them to the model's dtype. After writing, the checkpoint is reloaded with
+Predictor.from_pretrained and evaluated closed loop in SimRobot on held-out scenes against
+random weights (seeded); the numbers go to demo_metrics.json and README.md next to the weights.
 """
 
 from __future__ import annotations
@@ -28,24 +34,29 @@ import torch
 
 from ki_vla_ros.model.inference import Predictor
 from ki_vla_ros.runtime.config import load_robot_config
+from ki_vla_ros.runtime.model_loading import DEMO_CHECKPOINT_DIR
 from ki_vla_ros.sim.tasks import start_reach_episode
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler, TextSampler
-from ki_vla_ros.train.experiment.commands import SIZE_OPTIONS
+from ki_vla_ros.train.experiment.commands import DEMO_VLM_SCENES, SIZE_OPTIONS
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
 from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
 from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, SUBTASK_TEMPLATE,
                                                TEXT_KINDS, generate_reach_data)
 
-DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_checkpoint"
-DEMO_SIZE = StudySize(train_episodes=400, eval_episodes=20, pretrain_steps=300, vla_steps=6000, seeds=(0,),
+# Words as tokens, a tower that knows where each colour is, and pointing questions: with all
+# three the backbone can say where the named block is, which the step-0 chunk needs; and 30%
+# of the action samples from step 0, where nothing else says where to go (README, "The demo
+# checkpoint").
+DEMO_SIZE = StudySize(train_episodes=1000, eval_episodes=20, pretrain_steps=500, vla_steps=8000, seeds=(0,),
                       eval_every=250, eval_samples=32, closed_loop_episodes=30, vqa_questions=100,
-                      latency_reps=20, vlm_ratio=0.25)
+                      latency_reps=20, vlm_ratio=0.25, vision_pretrain_steps=1500, where_weight=3.0,
+                      text_tokenizer="sentencepiece", point_pretrain_steps=3000, first_step_fraction=0.3)
 DEMO_SEED = 0
-# With point_questions, pretraining and co-training also ask "point to the blue block" ->
-# "column 3 row 2": the shipped checkpoint answered each colour word with one fixed pose
-# whatever the scene, and pointing is the spatial fact the expert needs. At this size it did
-# not help (see README, "The demo checkpoint"), so it is off by default.
+# point_questions: pretraining and co-training also ask "point to the blue block" ->
+# "column 3 row 2", the spatial fact the first chunk of an episode needs; POINT_REPEAT copies
+# of each make them about a third of the co-training text.
+POINT_REPEAT = 4
 POINT_KIND = "point"
 VLM_SEED_OFFSET = 10_000  # VLM-only scenes: seeds between the demonstrations' and the held-out ones
 COLORS = ("red", "green", "blue", "yellow")
@@ -55,7 +66,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                          size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1,
                          device: str = "cpu", model_overrides: dict | None = None,
                          time_budget_s: float | None = None, recipe: str = "ki",
-                         vlm_scenes: int = 0, point_questions: bool = False) -> str:
+                         vlm_scenes: int = DEMO_VLM_SCENES, point_questions: bool = True) -> str:
     """Train, write (float16) and evaluate the demo checkpoint; returns the evaluation summary.
 
     snapshot_dir: also save the model every 500 steps there (to watch a long run).
@@ -85,8 +96,10 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
     model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=PRETRAIN_KINDS + extra_kinds,
                                  text_data=text_data)
     log(f"[demo-checkpoint] data + VLM pretraining done ({time.perf_counter() - t0:.0f} s)")
-    actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
-    text = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(TEXT_KINDS + extra_kinds))
+    actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats,
+                                 first_step_fraction=size.first_step_fraction)
+    text_samples = text_data.text(TEXT_KINDS) + text_data.text(extra_kinds) * POINT_REPEAT
+    text = TextSampler(text_data, data.config, model.text_tokenizer, text_samples)
     sampler = MixedSampler(actions, text, size.vlm_ratio)
 
     def fit_config(n_steps: int) -> FitConfig:
@@ -127,7 +140,7 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
 
 
 def reproduce_command(size: StudySize, model_overrides: dict | None, device: str = "cpu", recipe: str = "ki",
-                      vlm_scenes: int = 0, point_questions: bool = False) -> str:
+                      vlm_scenes: int = DEMO_VLM_SCENES, point_questions: bool = True) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
     parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
              f"--steps {size.vla_steps}"]
@@ -135,13 +148,14 @@ def reproduce_command(size: StudySize, model_overrides: dict | None, device: str
         parts.append(f"--device {device}")
     if recipe != "ki":
         parts.append(f"--recipe {recipe}")
-    if vlm_scenes:
+    if vlm_scenes != DEMO_VLM_SCENES:
         parts.append(f"--vlm-scenes {vlm_scenes}")
-    if point_questions:
-        parts.append("--point-questions")
-    for field, flag in SIZE_OPTIONS.items():
-        if getattr(size, field) != getattr(DEMO_SIZE, field):
-            parts.append(f"{flag} {getattr(size, field):g}")
+    if not point_questions:
+        parts.append("--no-point-questions")
+    for field, (flag, _, _) in SIZE_OPTIONS.items():
+        value = getattr(size, field)
+        if value != getattr(DEMO_SIZE, field):
+            parts.append(f"{flag} {value}" if isinstance(value, str) else f"{flag} {value:g}")
     parts += [f"--model {k}={v}" for k, v in sorted((model_overrides or {}).items())]
     return " ".join(parts)
 
@@ -150,7 +164,14 @@ def evaluate_checkpoint(path, robot: str = "single_arm", episodes: int = 30, see
                         baseline: bool = True) -> dict:
     """Closed-loop success of the saved checkpoint on held-out scenes (their own instructions,
     then "move to the <color> block" for every color present), its planner subtasks, and the
-    same closed loop with random weights of the same size."""
+    same closed loop with random weights of the same size. The flow noise is seeded, so the
+    numbers repeat."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _evaluate_checkpoint(path, robot, episodes, seed_offset, baseline)
+
+
+def _evaluate_checkpoint(path, robot: str, episodes: int, seed_offset: int, baseline: bool) -> dict:
     config = load_robot_config(robot)
     predictor = Predictor.from_pretrained(str(path), device="cpu", dtype="float32")
     seeds = [seed_offset + i for i in range(episodes)]
@@ -201,8 +222,8 @@ def new_model_like(predictor: Predictor):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(12345)
-        model = KIVLA(predictor.config, fast_tokenizer=predictor.model.fast_tokenizer,
-                      norm_stats=predictor.model.norm_stats)
+        model = KIVLA(predictor.config, text_tokenizer=predictor.model.text_tokenizer,
+                      fast_tokenizer=predictor.model.fast_tokenizer, norm_stats=predictor.model.norm_stats)
     return model
 
 
@@ -210,17 +231,22 @@ def _strip(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "outcomes"}
 
 
+def _reach_summary(s: dict) -> str:
+    return (f"success {s['success_rate']:.2f}, wrong block {s['wrong_block_rate']:.2f}, ended nearest the named "
+            f"block {s.get('nearest_is_target_rate', float('nan')):.2f}, median distance "
+            f"{s.get('median_start_distance_m', float('nan')) * 100:.1f} -> {s['median_final_distance_m'] * 100:.1f} cm "
+            f"over {s['episodes']} episodes")
+
+
 def format_metrics(m: dict) -> str:
     own, rnd = m["own_instruction"], m.get("random_weights_own_instruction")
     lines = [f"demo checkpoint {m['checkpoint']} ({m['robot']})",
-             f"  closed-loop reach, held-out scenes, their own instruction: success {own['success_rate']:.2f}, "
-             f"wrong block {own['wrong_block_rate']:.2f}, median final distance "
-             f"{own['median_final_distance_m'] * 100:.1f} cm over {own['episodes']} episodes"]
+             f"  closed-loop reach, held-out scenes, their own instruction: {_reach_summary(own)}"]
     if rnd:
-        lines.append(f"  same with random weights: success {rnd['success_rate']:.2f}, wrong block "
-                     f"{rnd['wrong_block_rate']:.2f}")
+        lines.append(f"  same with random weights: {_reach_summary(rnd)}")
     for color, s in m["move_to_color"].items():
-        lines.append(f"  'move to the {color} block': success {s['success_rate']:.2f} over {s['episodes']}")
+        lines.append(f"  'move to the {color} block': success {s['success_rate']:.2f}, ended nearest it "
+                     f"{s['nearest_is_target_rate']:.2f} over {s['episodes']}")
     st = m["subtask_accuracy"]
     lines.append(f"  planner subtask exact match {st['accuracy']:.2f} over {st['questions']}; e.g. "
                  f"{st['examples'][0]['task']!r} -> {st['examples'][0]['subtask']!r}")
@@ -231,10 +257,14 @@ def readme(m: dict) -> str:
     return f"""# Tiny demo checkpoint (single_arm)
 
 Knowledge-insulated VLA (ki_vla_ros `tiny_study` config: the tiny preset shrunk to ~0.42M
-parameters, horizon 10, 8 action dims, 2 camera slots: base, wrist), trained on the simulated
-language-conditioned reach task with the KI recipe (FAST-token CE + VQA / caption / planner
-subtask co-training for the backbone, flow matching with stop-gradient for the expert).
-Weights are float16 ({m['weights_bytes'] / 1e6:.2f} MB). It is a demo of the pipeline, not a useful robot policy.
+parameters, horizon 10, 8 action dims, 2 camera slots: base, wrist) with a word-level
+SentencePiece tokenizer fitted on the task's text (tokenizer.model), trained on the simulated
+language-conditioned reach task: vision tower pretrained on patch colours and positions,
+backbone pretrained on pointing, VQA and captions, then the KI recipe (FAST-token CE + VQA /
+caption / pointing / planner-subtask co-training for the backbone, flow matching with
+stop-gradient for the expert). Weights are float16 ({m['weights_bytes'] / 1e6:.2f} MB).
+It moves toward the named block far more often than random weights, but mostly stops a few
+centimetres short of it: a demo of the pipeline, not a useful robot policy.
 
 Reproduce (about {m['train_seconds'] / 60:.0f} min on {'a GPU' if m.get('device', 'cpu') != 'cpu' else '2 CPU cores'}):
 

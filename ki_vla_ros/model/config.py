@@ -18,6 +18,7 @@ _SHARED_ATTENTION_FIELDS = (
     ("expert_num_kv_heads", "num_kv_heads"), ("expert_head_dim", "head_dim"),
 )
 RECIPES = ("ki", "joint", "pi0", "fast")
+TEXT_TOKENIZERS = ("byte", "sentencepiece")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,7 @@ class KIVLAConfig:
         if self.expert_width % 2:
             raise ValueError(f"KIVLAConfig.expert_width is {self.expert_width}; the sin-cos time embedding "
                              f"needs an even width")
-        if self.text_tokenizer not in ("sentencepiece", "byte"):
+        if self.text_tokenizer not in TEXT_TOKENIZERS:
             raise ValueError(f"KIVLAConfig.text_tokenizer is {self.text_tokenizer!r}; expected "
                              f"'sentencepiece' or 'byte'")
         if self.flow_loss_weight < 0:

@@ -51,13 +51,17 @@ def normalized_chunks(data: ReachData, norm_stats: dict[str, NormStats], horizon
     return normalize(action_chunks(data.actions, horizon), norm_stats["actions"])
 
 
+def check_first_step_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction <= 1.0:  # also rejects NaN
+        raise ValueError(f"first_step_fraction is {fraction}; expected a fraction in [0, 1]")
+
+
 class ReachActionSampler:
     def __init__(self, data: ReachData, config: KIVLAConfig, text_tokenizer, fast_tokenizer,
                  norm_stats: dict[str, NormStats], first_step_fraction: float = 0.0):
         """first_step_fraction: this share of sampled chunks start at step 0, where only the
         image and the instruction say where to go (the rest start at a uniform step)."""
-        if not 0.0 <= first_step_fraction <= 1.0:
-            raise ValueError(f"first_step_fraction is {first_step_fraction}; expected a fraction in [0, 1]")
+        check_first_step_fraction(first_step_fraction)
         self.first_step_fraction = float(first_step_fraction)
         if data.actions.shape[-1] > config.action_dim:
             raise ValueError(f"data has {data.actions.shape[-1]} action dims; the model predicts "

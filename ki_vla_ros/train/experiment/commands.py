@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ki_vla_ros.model.config import TEXT_TOKENIZERS
+
 # Scenes (one frame each) the demo checkpoint's VLM data is about; here so the CLI needs no torch.
 DEMO_VLM_SCENES = 3000
-TEXT_TOKENIZERS = ("byte", "sentencepiece")
 # StudySize fields that make-demo-checkpoint sets from the command line: flag, type, help.
 # Each defaults to the shipped recipe's value (DEMO_SIZE).
 SIZE_OPTIONS = {

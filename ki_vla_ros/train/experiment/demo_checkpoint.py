@@ -41,8 +41,8 @@ from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler
 from ki_vla_ros.train.experiment.commands import DEMO_VLM_SCENES, SIZE_OPTIONS
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
 from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
-from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, SUBTASK_TEMPLATE,
-                                               TEXT_KINDS, generate_reach_data)
+from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, POINT_KIND,
+                                               SUBTASK_TEMPLATE, TEXT_KINDS, generate_reach_data)
 
 # Words as tokens, a tower that knows where each colour is, and pointing questions: with all
 # three the backbone can say where the named block is, which the step-0 chunk needs; and 30%
@@ -57,7 +57,6 @@ DEMO_SEED = 0
 # "column 3 row 2", the spatial fact the first chunk of an episode needs; POINT_REPEAT copies
 # of each make them about a third of the co-training text.
 POINT_REPEAT = 4
-POINT_KIND = "point"
 VLM_SEED_OFFSET = 10_000  # VLM-only scenes: seeds between the demonstrations' and the held-out ones
 COLORS = ("red", "green", "blue", "yellow")
 

@@ -30,18 +30,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ki_vla_ros.model.config import RECIPES, KIVLAConfig
+from ki_vla_ros.model.config import RECIPES, TEXT_TOKENIZERS, KIVLAConfig
 from ki_vla_ros.model.fast import FASTTokenizer
 from ki_vla_ros.model.inference import Predictor
 from ki_vla_ros.model.network import KIVLA, ActionExpert, count_parameters
 from ki_vla_ros.model.text_tokenizer import SentencePieceTokenizer
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.train.experiment import evaluation as ev
-from ki_vla_ros.train.experiment.batches import (MixedSampler, ReachActionSampler, TextSampler, fit_norm_stats,
-                                                 normalized_chunks)
-from ki_vla_ros.train.experiment.commands import TEXT_TOKENIZERS
+from ki_vla_ros.train.experiment.batches import (MixedSampler, ReachActionSampler, TextSampler,
+                                                 check_first_step_fraction, fit_norm_stats, normalized_chunks)
 from ki_vla_ros.train.experiment.fitting import FitConfig, check_vision_lr_scale, fit
-from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, ReachData, generate_reach_data, tokenizer_corpus
+from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, POINT_KIND, ReachData, generate_reach_data,
+                                               tokenizer_corpus)
 from ki_vla_ros.train.experiment.vision_pretraining import frames, pretrain_vision_tower
 
 # The tiny preset shrunk so that the whole study fits a 2-core CPU: same architecture
@@ -106,10 +106,9 @@ class StudySize:
     def __post_init__(self):
         check_vision_lr_scale(self.vision_lr_scale)
         for name in ("vision_pretrain_steps", "point_pretrain_steps", "where_weight", "demo_action_noise_rad"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # also rejects NaN
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 0 (0: off)")
-        if not 0.0 <= self.first_step_fraction <= 1.0:
-            raise ValueError(f"first_step_fraction={self.first_step_fraction}: expected a fraction in [0, 1]")
+        check_first_step_fraction(self.first_step_fraction)
         if self.text_tokenizer not in TEXT_TOKENIZERS:
             raise ValueError(f"text_tokenizer={self.text_tokenizer!r}: expected one of {TEXT_TOKENIZERS}")
 
@@ -185,7 +184,7 @@ def pretrain_backbone(data: StudyData, size: StudySize, seed: int = 0, device: s
         pretrain_vision_tower(model, frames(text_data), size.vision_pretrain_steps, seed=seed,
                               where_weight=size.where_weight)
     history = []
-    for stage_kinds, steps in ((("point",), size.point_pretrain_steps), (kinds, size.pretrain_steps)):
+    for stage_kinds, steps in (((POINT_KIND,), size.point_pretrain_steps), (kinds, size.pretrain_steps)):
         if not steps:
             continue
         sampler = TextSampler(text_data, data.config, model.text_tokenizer, text_data.text(stage_kinds))

@@ -35,6 +35,7 @@ EVAL_SEED_OFFSET = 100_000
 # "hold still" frames.
 EPISODE_STEPS = 20
 TEXT_KINDS = ("vqa", "caption", "subtask")
+POINT_KIND = "point"  # asked only where a recipe says so (the demo checkpoint's)
 # High-level tasks whose first subtask names one block: the planner's co-training targets.
 PLANNER_TASK_TEMPLATES = (
     "tidy up the table: start with the {target}",
@@ -58,7 +59,7 @@ class TextSample:
     episode: int  # whose frame-0 images go with the text
     prompt: str
     answer: str
-    kind: str  # one of TEXT_KINDS, or "point"
+    kind: str  # one of TEXT_KINDS, or POINT_KIND
 
 
 @dataclasses.dataclass
@@ -89,7 +90,7 @@ class ReachData:
 def text_samples_for_scene(episode: int, scene, max_answer_chars: int) -> list[TextSample]:
     """Every VQA pair, the caption (when it fits) and one subtask target per block and template."""
     out = [TextSample(episode, format_question_prompt(q), a, "vqa") for q, a in vqa_samples(scene)]
-    out += [TextSample(episode, format_question_prompt(q), a, "point") for q, a in point_samples(scene)]
+    out += [TextSample(episode, format_question_prompt(q), a, POINT_KIND) for q, a in point_samples(scene)]
     caption = scene_caption(scene)
     if len(caption) <= max_answer_chars:
         out.append(TextSample(episode, CAPTION_PROMPT, caption, "caption"))

@@ -53,6 +53,10 @@ class KIVLAConfig:
     time_min_period: float = 4e-3
     time_max_period: float = 4.0
     flow_loss_weight: float = 1.0  # alpha in total = ce + alpha * flow
+    # Action dims predicted as offsets from the same state dim at the chunk's start (openpi's
+    # DeltaActions, used for joint positions): norm stats and FAST are fitted on the offsets,
+    # and the predictor adds the measured state back. Empty: absolute actions.
+    delta_action_dims: tuple[int, ...] = ()
     # Tokens: prompt (task + discretized state) and the backbone's targets (FAST / text).
     max_token_len: int = 200
     max_target_len: int = 256
@@ -87,6 +91,14 @@ class KIVLAConfig:
         if self.text_tokenizer not in TEXT_TOKENIZERS:
             raise ValueError(f"KIVLAConfig.text_tokenizer is {self.text_tokenizer!r}; expected "
                              f"'sentencepiece' or 'byte'")
+        dims = self.delta_action_dims
+        if isinstance(dims, list):  # from config.json
+            dims = tuple(dims)
+            object.__setattr__(self, "delta_action_dims", dims)
+        if not (isinstance(dims, tuple) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+                and list(dims) == sorted(set(dims)) and all(0 <= d < self.action_dim for d in dims)):
+            raise ValueError(f"KIVLAConfig.delta_action_dims is {dims!r}; expected increasing distinct action "
+                             f"indices in 0..{self.action_dim - 1}")
         if self.flow_loss_weight < 0:
             raise ValueError(f"KIVLAConfig.flow_loss_weight is {self.flow_loss_weight}; expected >= 0")
 

@@ -18,7 +18,7 @@ import torch
 
 from .config import KIVLAConfig
 from .network import KIVLA, ModelInputs, batch_prompts
-from .normalize import NormStats, normalize, unnormalize
+from .normalize import NormStats, normalize, to_absolute, unnormalize
 from .preprocess import check_image, check_state, clean_task_text, discretize_state, format_prompt, preprocess_image
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -85,6 +85,9 @@ class Predictor:
         self.state_dim = self.state_stats.dim
         self.action_dim = self.action_stats.dim
         self.horizon = c.action_horizon
+        if c.delta_action_dims and max(c.delta_action_dims) >= self.state_dim:
+            raise ValueError(f"config.delta_action_dims {list(c.delta_action_dims)} pair action dims with state dims, "
+                             f"but the state has {self.state_dim} dims")
         self.device = str(model.device)
         self._lock = threading.Lock()
 
@@ -135,7 +138,13 @@ class Predictor:
         noise_t = self._noise(noise)
         with self._lock, torch.inference_mode():
             actions = self.model.sample_actions(inputs.to(self.model.device), noise=noise_t)
-        return unnormalize(actions[0, :, : self.action_dim].float().cpu().numpy(), self.action_stats)
+        return self.to_robot_units(actions[0].float().cpu().numpy(), state)
+
+    def to_robot_units(self, normalized: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """A model chunk [horizon, >= action_dim] (normalized, padded) -> [horizon, action_dim]
+        float32 in robot units: un-normalized, and config.delta_action_dims offset by `state`."""
+        actions = unnormalize(np.asarray(normalized)[:, : self.action_dim], self.action_stats)
+        return to_absolute(actions, state, self.config.delta_action_dims)
 
     def generate_subtask(self, images: Sequence[np.ndarray | None], task: str, max_new_tokens: int = 24) -> str:
         """The next subtask as text, greedy-decoded by the backbone from the images and the task."""

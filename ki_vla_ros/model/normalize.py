@@ -126,3 +126,22 @@ def load_norm_stats(path, required: tuple[str, ...] = ()) -> dict[str, NormStats
     if missing:
         raise ValueError(f"norm stats file {path} has no key(s) {missing}; it has {sorted(raw)}")
     return {key: NormStats.from_dict(d, where=f"norm stats file {path} key {key!r}") for key, d in raw.items()}
+
+
+def to_delta(chunks: np.ndarray, state: np.ndarray, dims) -> np.ndarray:
+    """Action chunks [..., H, Da] -> the same with dims as offsets from state [..., Ds] (the
+    state at each chunk's start; action dim d pairs with state dim d)."""
+    out = np.array(chunks, dtype=np.float32)
+    if len(dims):
+        dims = list(dims)
+        out[..., dims] -= np.asarray(state, dtype=np.float32)[..., None, dims]
+    return out
+
+
+def to_absolute(chunks: np.ndarray, state: np.ndarray, dims) -> np.ndarray:
+    """The inverse of to_delta: add the chunk's start state back to dims."""
+    out = np.array(chunks, dtype=np.float32)
+    if len(dims):
+        dims = list(dims)
+        out[..., dims] += np.asarray(state, dtype=np.float32)[..., None, dims]
+    return out

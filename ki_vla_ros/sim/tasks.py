@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,9 +85,14 @@ def start_reach_episode(config: RobotConfig, seed: int, step_duration_s: float |
     return robot, ReachTask.sample(robot.scene, rng)
 
 
+# Drives a freshly started episode before the expert takes over; returns the time it stopped at.
+LeadIn = Callable[[SimRobot, "ReachTask"], float]
+
+
 def generate_episode(config: RobotConfig, seed: int, steps: int | None = None,
                      step_duration_s: float | None = None, *, max_image_side_px: int | None = 96,
-                     image_size_px: tuple[int, int] | None = None, action_noise_rad: float = 0.0) -> dict[str, Any]:
+                     image_size_px: tuple[int, int] | None = None, action_noise_rad: float = 0.0,
+                     lead_in: LeadIn | None = None) -> dict[str, Any]:
     """One expert demonstration (layout in the module docstring).
 
     Defaults: step_duration_s = config.chunk.step_duration_s, steps = EPISODE_DURATION_S
@@ -99,6 +104,12 @@ def generate_episode(config: RobotConfig, seed: int, steps: int | None = None,
     clean expert action, which corrects from wherever the noise put the arm (DART, Laskey
     et al., 2017). The demonstrations then show recoveries, and the arm's pose no longer
     gives the target away. The scene and the task are the seed's either way.
+
+    lead_in(robot, task) -> time_s: something else (a policy being trained) drives the robot
+    first, from time 0, and returns the time it stopped at; the expert then demonstrates from
+    wherever that left the arm, and the episode's steps start there (time_s[0] = that time).
+    These are DAgger's relabelled states (Ross et al., 2011): the states the policy visits,
+    with the expert's actions from them.
     """
     if not (math.isfinite(action_noise_rad) and action_noise_rad >= 0):
         raise ValueError(f"action_noise_rad is {action_noise_rad}; expected a finite standard deviation >= 0")
@@ -106,13 +117,14 @@ def generate_episode(config: RobotConfig, seed: int, steps: int | None = None,
     steps = steps or math.ceil(EPISODE_DURATION_S / step_duration_s)
     robot, task = start_reach_episode(config, seed, step_duration_s, image_size_px,
                                       max_image_side_px)
+    start_s = float(lead_in(robot, task)) if lead_in is not None else 0.0
     expert = ReachExpert(robot, task.target)
     noisy = [config.action_names.index(j) for j in (expert.arm.shoulder_joint, expert.arm.elbow_joint)]
     noise_rng = np.random.default_rng([seed, NOISE_STREAM])  # apart from the scene's and task's draws
     images = {c.name: np.empty((steps, c.height_px, c.width_px, 3), np.uint8) for c in robot.cameras}
     state = np.empty((steps, config.state_dim), np.float32)
     actions = np.empty((steps, config.action_dim), np.float32)
-    times = np.arange(steps) * step_duration_s
+    times = start_s + np.arange(steps) * step_duration_s
     for t, now in enumerate(times):
         for name, image in robot.images(float(now)).items():
             images[name][t] = image
@@ -122,7 +134,7 @@ def generate_episode(config: RobotConfig, seed: int, steps: int | None = None,
         if action_noise_rad:
             executed[noisy] += noise_rng.normal(0.0, action_noise_rad, len(noisy))  # the controller clips to the limits
         robot.apply_action(executed, float(now), step_duration_s)
-    robot.step(steps * step_duration_s)
+    robot.step(start_s + steps * step_duration_s)
     return {
         "images": images,
         "state": state,

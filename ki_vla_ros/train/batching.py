@@ -32,7 +32,7 @@ from ki_vla_ros.model.config import KIVLAConfig
 from ki_vla_ros.model.fast import FASTTokenizer
 from ki_vla_ros.model.inference import prepare_images
 from ki_vla_ros.model.network import TrainingBatch
-from ki_vla_ros.model.normalize import NormStats, normalize
+from ki_vla_ros.model.normalize import NormStats, normalize, to_delta
 from ki_vla_ros.model.preprocess import clean_task_text, discretize_state, format_prompt
 from ki_vla_ros.train.dataset import EpisodeDataset, action_chunks
 
@@ -180,7 +180,8 @@ class ActionChunkSampler(_Sampler):
         bins = discretize_state(normalize(state[t], self.norm_stats["state"]), c.state_bins)
         prompt = self._prompt(format_prompt(ds.instruction(i), bins))
 
-        chunk = normalize(action_chunks(actions[t:], self.horizon)[0], self.norm_stats["actions"])  # [H, Da]
+        chunk = to_delta(action_chunks(actions[t:], self.horizon)[0], state[t], c.delta_action_dims)
+        chunk = normalize(chunk, self.norm_stats["actions"])  # [H, Da]
         padded = np.zeros((self.horizon, c.action_dim), np.float32)
         padded[:, : chunk.shape[1]] = chunk
         target, loss_mask = self._fast_target(chunk)

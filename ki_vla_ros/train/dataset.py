@@ -40,7 +40,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from ki_vla_ros.model.fast import FASTTokenizer
-from ki_vla_ros.model.normalize import NormStats, load_norm_stats, normalize, save_norm_stats
+from ki_vla_ros.model.normalize import NormStats, load_norm_stats, normalize, save_norm_stats, to_delta
 
 FORMAT = "ki_vla_dataset/1"
 META_FILE = "meta.json"
@@ -205,16 +205,30 @@ class EpisodeDataset:
         images = {c: self._read(i, f"images.{c}") for c in self.cameras}
         return {**self.episodes[i], "images": images, "state": state, "actions": actions}
 
-    def chunks(self, horizon: int) -> np.ndarray:
+    def chunks(self, horizon: int, delta_dims: Sequence[int] = ()) -> np.ndarray:
         """Every frame's action chunk, float32 [N_frames, horizon, Da] in robot units.
 
         The chunk of frame t is actions[t : t + horizon]; past the episode's end the last action
         repeats (the robot holds its final target), the same rule as the training sampler.
+        delta_dims: those action dims as offsets from state[t] (KIVLAConfig.delta_action_dims).
         """
         if horizon <= 0:
             raise ValueError(f"horizon is {horizon}; expected a positive number of steps")
-        out = [action_chunks(self.state_actions(i)[1], horizon) for i in range(len(self))]
+        out = []
+        for i in range(len(self)):
+            state, actions = self.state_actions(i)
+            out.append(to_delta(action_chunks(actions, horizon), state, delta_dims))
         return np.concatenate(out, axis=0)
+
+    def check_delta_dims(self, delta_dims: Sequence[int]) -> None:
+        """Each delta action dim must name the same joint as the state dim it is an offset from."""
+        for d in delta_dims:
+            state = self.state_names[d] if d < len(self.state_names) else None
+            action = self.action_names[d] if d < len(self.action_names) else None
+            if state is None or state != action:
+                raise DatasetError(f"the model predicts action dim {d} as an offset from state dim {d}, but dataset "
+                                   f"{self.root} has action {action!r} and state {state!r} there; expected the same "
+                                   f"joint (model config delta_action_dims)")
 
     # ------------------------------------------------------------------ side files
     def norm_stats(self) -> dict[str, NormStats] | None:
@@ -307,14 +321,21 @@ def action_chunks(actions: np.ndarray, horizon: int) -> np.ndarray:
     return actions[np.minimum(t, actions.shape[0] - 1)]
 
 
-def compute_norm_stats(dataset: EpisodeDataset, save: bool = False) -> dict[str, NormStats]:
+def compute_norm_stats(dataset: EpisodeDataset, save: bool = False, horizon: int = 1,
+                       delta_dims: Sequence[int] = ()) -> dict[str, NormStats]:
     """Quantile stats of every frame's state and action: {"state": NormStats, "actions": NormStats}.
 
-    save=True also writes DIR/norm_stats.json.
+    delta_dims: action stats over every entry of every horizon-step chunk, those dims as offsets
+    from the chunk's start state (what a model with delta_action_dims predicts).
+    save=True also writes DIR/norm_stats.json (absolute actions only: the file is the dataset's).
     """
+    if save and len(delta_dims):
+        raise ValueError("save=True with delta_dims: DIR/norm_stats.json holds the absolute actions' stats")
     states, actions = zip(*(dataset.state_actions(i) for i in range(len(dataset))))
-    stats = {"state": NormStats.from_data(np.concatenate(states)),
-             "actions": NormStats.from_data(np.concatenate(actions))}
+    actions = np.concatenate(actions)
+    if len(delta_dims):
+        actions = dataset.chunks(horizon, delta_dims).reshape(-1, actions.shape[-1])
+    stats = {"state": NormStats.from_data(np.concatenate(states)), "actions": NormStats.from_data(actions)}
     if save:
         save_norm_stats(dataset.root / NORM_STATS_FILE, stats)
     return stats
@@ -322,14 +343,17 @@ def compute_norm_stats(dataset: EpisodeDataset, save: bool = False) -> dict[str,
 
 def fit_fast_tokenizer(dataset: EpisodeDataset, horizon: int, vocab_size: int, *,
                        norm_stats: Mapping[str, NormStats] | None = None, scale: float = 10.0,
-                       save: bool = False, seed: int = 0) -> FASTTokenizer:
-    """FAST fitted on the dataset's normalized action chunks [N, horizon, Da].
+                       save: bool = False, seed: int = 0, delta_dims: Sequence[int] = ()) -> FASTTokenizer:
+    """FAST fitted on the dataset's normalized action chunks [N, horizon, Da] (delta_dims as
+    offsets from each chunk's start state).
 
     norm_stats: default the dataset's norm_stats.json, else computed. At most 20 000 chunks
     (a seeded subsample) train the BPE. save=True writes DIR/fast_tokenizer/.
     """
+    if norm_stats is None and len(delta_dims):
+        norm_stats = compute_norm_stats(dataset, horizon=horizon, delta_dims=delta_dims)
     stats = norm_stats or dataset.norm_stats() or compute_norm_stats(dataset)
-    chunks = normalize(dataset.chunks(horizon), stats["actions"])
+    chunks = normalize(dataset.chunks(horizon, delta_dims), stats["actions"])
     if len(chunks) > _FAST_FIT_CHUNKS:
         chunks = chunks[np.sort(np.random.default_rng(seed).choice(len(chunks), _FAST_FIT_CHUNKS, replace=False))]
     tokenizer = FASTTokenizer.fit(chunks, vocab_size=vocab_size, scale=scale)
@@ -338,25 +362,31 @@ def fit_fast_tokenizer(dataset: EpisodeDataset, horizon: int, vocab_size: int, *
     return tokenizer
 
 
-def ensure_norm_stats(dataset: EpisodeDataset) -> dict[str, NormStats]:
-    """DIR/norm_stats.json, computed and written first when missing."""
+def ensure_norm_stats(dataset: EpisodeDataset, horizon: int = 1, delta_dims: Sequence[int] = ()) -> dict[str, NormStats]:
+    """DIR/norm_stats.json, computed and written first when missing. With delta_dims the
+    stats of the offset chunks, computed each time (the file keeps the absolute ones)."""
+    if len(delta_dims):
+        return compute_norm_stats(dataset, horizon=horizon, delta_dims=delta_dims)
     return dataset.norm_stats() or compute_norm_stats(dataset, save=True)
 
 
-def ensure_fast_tokenizer(dataset: EpisodeDataset, horizon: int, vocab_size: int) -> FASTTokenizer:
-    """DIR/fast_tokenizer/ when it was fitted for this horizon and vocabulary size and the current
-    norm stats; otherwise fitted now (on the normalized chunks) and written there."""
-    stats = ensure_norm_stats(dataset)
+def ensure_fast_tokenizer(dataset: EpisodeDataset, horizon: int, vocab_size: int,
+                          delta_dims: Sequence[int] = ()) -> FASTTokenizer:
+    """DIR/fast_tokenizer/ when it was fitted for this horizon, vocabulary size, delta dims and
+    the current norm stats; otherwise fitted now (on the normalized chunks) and written there."""
+    stats = ensure_norm_stats(dataset, horizon, delta_dims)
     fit_path = dataset.root / FAST_DIR / FAST_FIT_FILE
     wanted = {"horizon": int(horizon), "vocab_size": int(vocab_size), "actions_q01": stats["actions"].q01.tolist(),
               "actions_q99": stats["actions"].q99.tolist()}
+    if len(delta_dims):
+        wanted["delta_action_dims"] = [int(d) for d in delta_dims]
     if fit_path.is_file():
         try:
             if json.loads(fit_path.read_text()) == wanted:
                 return FASTTokenizer.load(dataset.root / FAST_DIR)
         except json.JSONDecodeError:
             pass  # refit below
-    tokenizer = fit_fast_tokenizer(dataset, horizon, vocab_size, norm_stats=stats, save=True)
+    tokenizer = fit_fast_tokenizer(dataset, horizon, vocab_size, norm_stats=stats, save=True, delta_dims=delta_dims)
     fit_path.write_text(json.dumps(wanted) + "\n")
     return tokenizer
 

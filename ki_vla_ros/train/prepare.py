@@ -7,6 +7,7 @@
   image slots and action dims), seeded; otherwise KIVLA.from_pretrained(init) (e.g. π0.5).
 - norm stats and FAST: the dataset's, fitted and written into it when missing (rank 0 writes,
   the other ranks wait and read); the model carries them so its checkpoints are self-contained.
+  A model with delta_action_dims (e.g. the demo checkpoint) gets them fitted on offset chunks.
 - samplers: robot samples from the dataset; VLM samples from --vlm-data (or the dataset's own
   vlm.jsonl) when vlm_ratio > 0.
 """
@@ -75,16 +76,18 @@ def prepare_run(data_dir, config: TrainConfig, *, init: str = "tiny", vlm_data=N
     check_fits(model, dataset)
     c = model.config
 
+    delta = c.delta_action_dims
+    dataset.check_delta_dims(delta)
     if not (resumed and model.norm_stats):
         if ctx.is_main:
-            ensure_norm_stats(dataset)
+            ensure_norm_stats(dataset, c.action_horizon, delta)
         barrier(ctx)
-        model.norm_stats = ensure_norm_stats(dataset)
+        model.norm_stats = ensure_norm_stats(dataset, c.action_horizon, delta)
     if config.recipe != "pi0" and not (resumed and model.fast_tokenizer is not None):
         if ctx.is_main:
-            ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size)
+            ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size, delta)
         barrier(ctx)
-        model.fast_tokenizer = ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size)
+        model.fast_tokenizer = ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size, delta)
         _check_fast_lengths(model, dataset)
 
     action_sampler = None
@@ -101,7 +104,7 @@ def prepare_run(data_dir, config: TrainConfig, *, init: str = "tiny", vlm_data=N
 def _check_fast_lengths(model: KIVLA, dataset: EpisodeDataset) -> None:
     """Warn when FAST sequences of this data often exceed max_target_len (their CE is skipped)."""
     c, fast = model.config, model.fast_tokenizer
-    chunks = normalize(dataset.chunks(c.action_horizon), model.norm_stats["actions"])
+    chunks = normalize(dataset.chunks(c.action_horizon, c.delta_action_dims), model.norm_stats["actions"])
     pick = np.random.default_rng(0).choice(len(chunks), min(len(chunks), _FAST_LENGTH_SAMPLE), replace=False)
     lengths = np.array([len(fast.encode(chunks[i])) + 1 for i in pick])  # + EOS
     too_long = float((lengths > c.max_target_len).mean())

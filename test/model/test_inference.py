@@ -62,6 +62,29 @@ def test_chunk_is_the_model_output_unnormalized_with_the_action_stats(images):
     np.testing.assert_allclose(chunk, unnormalize(normalized, stats), rtol=1e-6, atol=1e-6)
 
 
+def test_delta_action_dims_come_back_as_offsets_from_the_measured_state(images):
+    """config.delta_action_dims: those dims of the un-normalized model output are offsets from
+    the state the chunk was predicted from (openpi's DeltaActions); the others are absolute."""
+    import dataclasses
+
+    base = Predictor.tiny_random(state_dim=STATE_DIM, action_dim=ACTION_DIM, num_cameras=CAMERAS, seed=1)
+    model = base.model
+    model.config = dataclasses.replace(model.config, delta_action_dims=(0, 2, 3))
+    p = Predictor(model)
+    state, noise = np.linspace(-1.0, 1.0, STATE_DIM), noise_for(p)
+    chunk = p.predict_chunk(images, state, "stack the blocks", noise=noise)
+    model.config = dataclasses.replace(model.config, delta_action_dims=())
+    absolute = Predictor(model).predict_chunk(images, state, "stack the blocks", noise=noise)
+    offset = np.zeros(ACTION_DIM, np.float32)
+    offset[[0, 2, 3]] = state[[0, 2, 3]]
+    np.testing.assert_allclose(chunk, absolute + offset, rtol=1e-6, atol=1e-6)
+    model.config = dataclasses.replace(model.config, delta_action_dims=(0, 5))
+    model.norm_stats = {"state": NormStats.identity(5), "actions": model.norm_stats["actions"]}
+    with pytest.raises(ValueError, match=r"delta_action_dims \[0, 5\] pair action dims with state dims, but the "
+                                         r"state has 5 dims"):
+        Predictor(model)
+
+
 def test_images_of_any_size_and_missing_cameras_are_accepted(predictor, images):
     small = np.full((17, 31, 3), 200, np.uint8)
     for cams in ([small, images[0]], [None, images[1]], [images[0], None]):

@@ -314,3 +314,13 @@ def test_pi05_preset_has_the_parameter_count_of_the_architecture():
     assert count_parameters(m.action_expert) == expert
     assert total == expected
     assert 3.3e9 < total < 3.7e9  # "π0.5 ≈ 3.3B" + adaRMSNorm dense layers
+
+
+def test_delta_action_dims_are_validated_and_round_trip_through_json(tmp_path):
+    config = KIVLAConfig.preset("tiny", action_dim=8, delta_action_dims=(0, 1, 6))
+    config.save(tmp_path / "config.json")
+    assert KIVLAConfig.load(tmp_path / "config.json") == config
+    for bad in ((1, 0), (0, 0), (8,), (-1,), (True,)):
+        with pytest.raises(ValueError, match=r"KIVLAConfig.delta_action_dims is .*; expected increasing distinct "
+                                             r"action indices in 0..7"):
+            KIVLAConfig.preset("tiny", action_dim=8, delta_action_dims=bad)

@@ -186,3 +186,18 @@ def test_bad_norm_stats_files_name_the_file_and_key(tmp_path):
         load_norm_stats(path)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_norm_stats(tmp_path / "missing.json")
+
+
+def test_to_delta_subtracts_each_chunk_start_state_and_to_absolute_adds_it_back():
+    from ki_vla_ros.model.normalize import to_absolute, to_delta
+
+    rng = np.random.default_rng(0)
+    chunks, state = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 6))  # [E, T, H, Da], [E, T, Ds]
+    delta = to_delta(chunks, state, (1, 4))
+    np.testing.assert_allclose(delta[..., [0, 2, 3]], chunks[..., [0, 2, 3]], rtol=1e-6)
+    np.testing.assert_allclose(delta[1, 2, :, 4], chunks[1, 2, :, 4] - state[1, 2, 4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_absolute(delta, state, (1, 4)), chunks, rtol=1e-5, atol=1e-6)
+    one = to_delta(chunks[0, 0], state[0, 0], (1,))  # a single chunk [H, Da] and its state [Ds]
+    np.testing.assert_allclose(one, delta[0, 0] * [1, 1, 1, 1, 0] + chunks[0, 0] * [0, 0, 0, 0, 1], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(to_delta(chunks, state, ()), chunks.astype(np.float32))

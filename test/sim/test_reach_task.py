@@ -119,3 +119,32 @@ def test_ambiguous_questions_are_left_out():
     assert "what color is the object on the left?" not in questions
     assert "is the red block left of the blue block?" not in questions
     assert questions["how many blocks are there?"] == "two"
+
+
+def test_a_lead_in_drives_first_and_the_expert_demonstrates_from_where_it_left_the_arm():
+    """generate_episode(lead_in=...): DAgger's relabelled states. Something else moves the
+    arm off the start pose; the episode starts there and then, and the expert's labels still
+    bring the gripper onto the named block."""
+    config = load_robot_config("single_arm")
+    dt = config.chunk.step_duration_s
+    shoulder = config.action_names.index(config.joints[0])
+    seen = {}
+
+    def swing_the_shoulder(robot, task):
+        seen["target"] = task.target
+        action = robot.state_vector()[:config.action_dim].astype(np.float64)
+        for t in range(4):
+            action[shoulder] += 0.15
+            robot.step(t * dt)
+            robot.apply_action(action, t * dt, dt)
+        robot.step(4 * dt)
+        seen["state"] = robot.state_vector().copy()
+        return 4 * dt
+
+    plain = generate_episode(config, 9, steps=20, max_image_side_px=32)
+    led = generate_episode(config, 9, steps=20, max_image_side_px=32, lead_in=swing_the_shoulder)
+    assert seen["target"] == led["target"] == plain["target"]
+    np.testing.assert_array_equal(led["state"][0], seen["state"])
+    assert abs(led["state"][0][shoulder] - plain["state"][0][shoulder]) > 0.5
+    assert led["time_s"][0] == pytest.approx(4 * dt) and led["time_s"][1] == pytest.approx(5 * dt)
+    assert led["final_distance_m"] < 0.01 and led["success"]

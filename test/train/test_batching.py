@@ -107,3 +107,36 @@ def test_an_answer_longer_than_the_target_budget_keeps_its_beginning_without_eos
                               (np.zeros((8, 8, 3), np.uint8), "how many?", "two")], c, tok)
     targets = {tok.decode(sampler.example(np.random.default_rng(s)).target) for s in range(8)}
     assert targets == {long_answer[: c.max_target_len], "two"}
+
+
+def test_a_model_with_delta_action_dims_trains_on_offsets_from_the_frame_state(sim_dataset_dir, tmp_path):
+    """--init from a checkpoint whose config has delta_action_dims (the demo checkpoint's):
+    the chunks, their norm stats and FAST are the offsets from the frame's state; the dataset's
+    own norm_stats.json keeps the absolute stats."""
+    import shutil
+
+    from ki_vla_ros.model.network import KIVLA
+    from ki_vla_ros.train.dataset import DatasetError, EpisodeDataset, compute_norm_stats
+    from ki_vla_ros.train.prepare import tiny_config_for
+
+    data = tmp_path / "data"
+    shutil.copytree(sim_dataset_dir, data)
+    dataset = EpisodeDataset.open(data)
+    absolute = dataset.norm_stats()
+    KIVLA(tiny_config_for(dataset, delta_action_dims=(0, 1, 3))).save_pretrained(tmp_path / "init")
+    run = prepare_run(data, TrainConfig(batch_size=2, progress=False), init=str(tmp_path / "init"))
+    example = run.action_sampler.example(_FixedRng(20 + 17))
+    state, actions = dataset.state_actions(1)
+    chunk = actions[[17, 18, 19, 19, 19, 19, 19, 19, 19, 19]].copy()
+    chunk[:, [0, 1, 3]] -= state[17, [0, 1, 3]]
+    stats = run.model.norm_stats["actions"]
+    np.testing.assert_allclose(example.actions[:, :8], normalize(chunk, stats), atol=1e-5)
+    want = compute_norm_stats(dataset, horizon=10, delta_dims=(0, 1, 3))["actions"]
+    np.testing.assert_allclose(stats.q99, want.q99)
+    assert not np.allclose(stats.q99, absolute["actions"].q99)
+    np.testing.assert_array_equal(EpisodeDataset.open(data).norm_stats()["actions"].q99, absolute["actions"].q99)
+
+    KIVLA(tiny_config_for(dataset, delta_action_dims=(0, 20))).save_pretrained(tmp_path / "bad")
+    with pytest.raises(DatasetError, match=r"action dim 20 as an offset from state dim 20, but dataset .* has "
+                                           r"action None and state None there"):
+        prepare_run(data, TrainConfig(batch_size=2, progress=False), init=str(tmp_path / "bad"))

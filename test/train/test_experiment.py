@@ -281,7 +281,7 @@ def test_the_recorded_reproduce_command_parses_back_to_the_same_recipe():
     import shlex
 
     from ki_vla_ros.train.experiment.commands import add_demo_checkpoint_options, demo_checkpoint_kwargs
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE, reproduce_command
+    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_DAGGER, DEMO_SIZE, DaggerSettings, reproduce_command
 
     other_tokenizer = "byte" if DEMO_SIZE.text_tokenizer == "sentencepiece" else "sentencepiece"
     size = dataclasses.replace(DEMO_SIZE, vla_steps=5048, batch_size=32, vision_lr_scale=0.1,
@@ -290,7 +290,9 @@ def test_the_recorded_reproduce_command_parses_back_to_the_same_recipe():
                                point_pretrain_steps=DEMO_SIZE.point_pretrain_steps + 7, text_tokenizer=other_tokenizer,
                                demo_action_noise_rad=DEMO_SIZE.demo_action_noise_rad + 0.25)
     options = dict(device="cuda", recipe="joint", vlm_scenes=500, point_questions=False)
-    command = reproduce_command(size, {"image_size": 64}, **options)
+    dagger = DaggerSettings(rounds=DEMO_DAGGER.rounds + 1, steps=DEMO_DAGGER.steps + 3,
+                            lr_scale=DEMO_DAGGER.lr_scale / 2, max_lead_steps=DEMO_DAGGER.max_lead_steps + 1)
+    command = reproduce_command(size, {"image_size": 64}, dagger, **options)
     parser = argparse.ArgumentParser()
     parser.add_argument("--make-demo-checkpoint")
     add_demo_checkpoint_options(parser)
@@ -304,3 +306,94 @@ def test_the_recorded_reproduce_command_parses_back_to_the_same_recipe():
                                         "text_tokenizer": other_tokenizer,
                                         "demo_action_noise_rad": DEMO_SIZE.demo_action_noise_rad + 0.25}
     assert kwargs["model_overrides"] == {"image_size": 64}
+    assert kwargs["dagger_overrides"] == dataclasses.asdict(dagger)
+    assert "--dagger" not in reproduce_command(DEMO_SIZE, None, DEMO_DAGGER)
+
+
+# ------------------------------------------------------------------ DAgger
+def test_reach_data_extended_keeps_each_text_sample_on_its_own_scene(data):
+    more = generate_reach_data(SINGLE_ARM, [11, 12], image_size=32)
+    both = data.extended(more)
+    assert both.num_episodes == 6 and both.seeds == data.seeds + [11, 12]
+    np.testing.assert_array_equal(both.images[4:], more.images)
+    np.testing.assert_array_equal(both.actions[:4], data.actions)
+    assert both.instructions[4:] == more.instructions
+    for sample in both.text_samples[len(data.text_samples):]:
+        assert both.scene_names[sample.episode] == more.scene_names[sample.episode - 4]
+    with pytest.raises(ValueError, match="cannot append single_arm episodes of images"):
+        data.extended(generate_reach_data(SINGLE_ARM, [11], image_size=32, steps=3))
+
+
+def test_dagger_settings_reject_bad_values():
+    from ki_vla_ros.train.experiment.demo_checkpoint import DaggerSettings
+
+    for field, bad in (("rounds", -1), ("steps", 2.5), ("max_lead_steps", True)):
+        with pytest.raises(ValueError, match=f"DaggerSettings.{field} is {bad!r}; expected an integer >= 0"):
+            DaggerSettings(**{field: bad})
+    for bad in (0.0, float("nan")):
+        with pytest.raises(ValueError, match="DaggerSettings.lr_scale is"):
+            DaggerSettings(lr_scale=bad)
+
+
+def test_a_dagger_round_trains_on_episodes_the_model_itself_led(tmp_path):
+    """dagger(): the checkpoint drives each training scene for a seeded number of steps, the
+    expert demonstrates from there, and the model trained on demonstrations + those episodes
+    is written out; each round's lead-in lengths repeat."""
+    import dataclasses
+
+    from ki_vla_ros.train.experiment.demo_checkpoint import (DEMO_SIZE, DaggerSettings, dagger,
+                                                             policy_lead_in)
+    from ki_vla_ros.train.experiment.study import new_model, prepare_data
+
+    size = dataclasses.replace(DEMO_SIZE, train_episodes=3, eval_episodes=1, batch_size=4)
+    data = prepare_data("single_arm", size)
+    new_model(data, seed=0).save_pretrained(tmp_path / "start")
+    predictor = Predictor.from_pretrained(str(tmp_path / "start"), device="cpu")
+
+    def lead_steps(round_index):
+        lead, times = policy_lead_in(predictor, round_index, max_lead_steps=12), []
+        for seed in range(6):
+            robot, task = start_reach_episode(SINGLE_ARM, seed)
+            times.append(lead(seed, robot, task))
+            assert robot.time_s <= times[-1] + 1e-9  # the expert's first step is not in the past
+        return times
+
+    first = lead_steps(0)
+    assert first == lead_steps(0) and first != lead_steps(1)
+    assert all(0 <= t <= 12 * SINGLE_ARM.chunk.step_duration_s + 1e-9 for t in first)
+    assert len(set(first)) > 1
+
+    logs = []
+    records = dagger(tmp_path / "start", tmp_path / "out", DaggerSettings(rounds=1, steps=3, max_lead_steps=10),
+                     size, demos=data.train, text_data=data.train, log=logs.append, snapshot_dir=tmp_path / "snaps")
+    assert [(r["round"], r["episodes_added"], r["aggregate_episodes"]) for r in records] == [(1, 3, 6)]
+    assert np.isfinite(records[0]["final_losses"]["total"])
+    assert any("round 1/1" in line for line in logs)
+    before = Predictor.from_pretrained(str(tmp_path / "start"), device="cpu").model.state_dict()
+    after = Predictor.from_pretrained(str(tmp_path / "out"), device="cpu").model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / "snaps" / "round_1" / "model.safetensors").is_file()
+
+
+def test_with_delta_actions_the_study_trains_on_offsets_that_add_back_to_the_demonstration(tmp_path):
+    """StudySize.delta_actions: the joint dims of every training chunk are offsets from the
+    chunk's start state (a chunk that holds still is all zeros in radians), FAST and the norm
+    stats are fitted on them, and a saved checkpoint predicts absolute targets again."""
+    import dataclasses
+
+    from ki_vla_ros.model.normalize import to_absolute, unnormalize
+    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
+    from ki_vla_ros.train.experiment.study import new_model, prepare_data
+
+    size = dataclasses.replace(DEMO_SIZE, train_episodes=4, eval_episodes=1, text_tokenizer="byte", delta_actions=True)
+    data = prepare_data("single_arm", size)
+    assert data.config.delta_action_dims == tuple(range(8))
+    model = new_model(data, seed=0)
+    sampler = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats)
+    stats = data.norm_stats["actions"]
+    back = to_absolute(unnormalize(sampler.chunks, stats), data.train.state, data.config.delta_action_dims)
+    np.testing.assert_allclose(back, action_chunks(data.train.actions, data.config.action_horizon), atol=1e-5)
+    last = unnormalize(sampler.chunks[:, -1], stats)  # the expert has arrived and holds still
+    np.testing.assert_allclose(last, 0.0, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    assert Predictor.from_pretrained(str(tmp_path), device="cpu").config.delta_action_dims == tuple(range(8))

@@ -19,7 +19,7 @@ import torch
 
 from ki_vla_ros.model.config import KIVLAConfig
 from ki_vla_ros.model.network import TrainingBatch
-from ki_vla_ros.model.normalize import NormStats, normalize
+from ki_vla_ros.model.normalize import NormStats, normalize, to_delta
 from ki_vla_ros.model.preprocess import discretize_state, format_prompt
 from ki_vla_ros.train.experiment.tasks import ReachData, TextSample, action_chunks
 
@@ -41,14 +41,21 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     return ids, mask
 
 
-def fit_norm_stats(data: ReachData) -> dict[str, NormStats]:
+def fit_norm_stats(data: ReachData, horizon: int = 1, delta_dims: Sequence[int] = ()) -> dict[str, NormStats]:
+    """State stats over every step; action stats over every action (absolute), or, with
+    delta_dims, over every entry of every horizon-step chunk with those dims as offsets from
+    the chunk's start state (what the model predicts)."""
+    actions = data.actions
+    if len(delta_dims):
+        actions = to_delta(action_chunks(data.actions, horizon), data.state, delta_dims)
     return {"state": NormStats.from_data(data.state.reshape(-1, data.state.shape[-1])),
-            "actions": NormStats.from_data(data.actions.reshape(-1, data.actions.shape[-1]))}
+            "actions": NormStats.from_data(actions.reshape(-1, actions.shape[-1]))}
 
 
-def normalized_chunks(data: ReachData, norm_stats: dict[str, NormStats], horizon: int) -> np.ndarray:
-    """[E, T, H, Da] normalized action chunks."""
-    return normalize(action_chunks(data.actions, horizon), norm_stats["actions"])
+def normalized_chunks(data: ReachData, norm_stats: dict[str, NormStats], horizon: int,
+                      delta_dims: Sequence[int] = ()) -> np.ndarray:
+    """[E, T, H, Da] normalized action chunks (delta_dims as offsets from the chunk's start state)."""
+    return normalize(to_delta(action_chunks(data.actions, horizon), data.state, delta_dims), norm_stats["actions"])
 
 
 def check_first_step_fraction(fraction: float) -> None:
@@ -68,7 +75,8 @@ class ReachActionSampler:
                              f"{config.action_dim} (config.action_dim)")
         self.data, self.config = data, config
         self.tok, self.fast = text_tokenizer, fast_tokenizer
-        self.chunks = normalized_chunks(data, norm_stats, config.action_horizon)  # [E, T, H, Da]
+        self.chunks = normalized_chunks(data, norm_stats, config.action_horizon,
+                                        config.delta_action_dims)  # [E, T, H, Da]
         bins = discretize_state_batch(normalize(data.state, norm_stats["state"]), config.state_bins)
         self._bins = bins  # [E, T, Ds]
         self._prompt_cache: dict[tuple[int, int], list[int]] = {}

@@ -9,6 +9,22 @@ from ki_vla_ros.model.config import TEXT_TOKENIZERS
 
 # Scenes (one frame each) the demo checkpoint's VLM data is about; here so the CLI needs no torch.
 DEMO_VLM_SCENES = 3000
+
+
+def on_off(text: str) -> bool:
+    """argparse type of a yes/no setting: "on" or "off"."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected on or off")
+    return text == "on"
+
+
+def format_option(flag: str, value) -> str:
+    """flag and value as the command line spells them (the inverse of the option's type)."""
+    if isinstance(value, bool):
+        return f"{flag} {'on' if value else 'off'}"
+    return f"{flag} {value}" if isinstance(value, str) else f"{flag} {value:g}"
+
+
 # StudySize fields that make-demo-checkpoint sets from the command line: flag, type, help.
 # Each defaults to the shipped recipe's value (DEMO_SIZE).
 SIZE_OPTIONS = {
@@ -33,6 +49,19 @@ SIZE_OPTIONS = {
     "first_step_fraction": ("--first-step-fraction", float,
                             "share of VLA action samples that start at step 0, where only the image and the "
                             "instruction say where to go; 0: uniform over steps"),
+    "delta_actions": ("--delta-actions", on_off, "on: joint actions as offsets from the chunk's start state; "
+                                                 "off: absolute joint targets"),
+}
+
+# DaggerSettings fields (demo_checkpoint.py), the same way: flag, type, help.
+DAGGER_OPTIONS = {
+    "rounds": ("--dagger-rounds", int, "DAgger rounds after the KI stage: the model drives, the expert relabels; "
+                                       "0: none"),
+    "steps": ("--dagger-steps", int, "training steps per DAgger round"),
+    "lr_scale": ("--dagger-lr-scale", float, "a DAgger round's learning rate as a fraction of the VLA stage's"),
+    "max_lead_steps": ("--dagger-max-lead-steps", int,
+                       "the model drives each DAgger episode for a random 0..this many steps before the expert "
+                       "takes over"),
 }
 
 
@@ -71,7 +100,12 @@ def add_demo_checkpoint_options(parser) -> None:
     for field, (flag, kind, text) in SIZE_OPTIONS.items():
         choices = TEXT_TOKENIZERS if field == "text_tokenizer" else None
         parser.add_argument(flag, type=kind, default=None, choices=choices, help=f"{text} (default: the recipe's)")
-    parser.add_argument("--snapshot-dir", default=None, help="also save the model there every 500 steps")
+    for flag, kind, text in DAGGER_OPTIONS.values():
+        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the recipe's)")
+    parser.add_argument("--dagger-from", default=None, metavar="CHECKPOINT",
+                        help="skip the stages before DAgger and run only its rounds, from this checkpoint")
+    parser.add_argument("--snapshot-dir", default=None,
+                        help="also save the model there every 500 steps, and after each DAgger round")
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=INT",
                         help="change a field of the tiny study model, e.g. --model image_size=64 (repeatable)")
 
@@ -85,10 +119,13 @@ def demo_checkpoint_kwargs(args) -> dict:
         overrides[field] = int(value)
     size = {field: getattr(args, flag[2:].replace("-", "_")) for field, (flag, _, _) in SIZE_OPTIONS.items()}
     size = {field: value for field, value in size.items() if value is not None}
+    dagger = {field: getattr(args, flag[2:].replace("-", "_")) for field, (flag, _, _) in DAGGER_OPTIONS.items()}
+    dagger = {field: value for field, value in dagger.items() if value is not None}
     return {"steps": args.steps, "time_budget_s": args.time_budget_s, "device": args.device, "recipe": args.recipe,
             "snapshot_dir": args.snapshot_dir, "vlm_scenes": args.vlm_scenes,
             "point_questions": args.point_questions,
-            "size_overrides": size, "model_overrides": overrides}
+            "size_overrides": size, "model_overrides": overrides, "dagger_overrides": dagger,
+            "dagger_from": args.dagger_from}
 
 
 def run_claims(size: str, out_dir: Path, robot: str = "single_arm") -> int:
@@ -105,13 +142,17 @@ def run_claims(size: str, out_dir: Path, robot: str = "single_arm") -> int:
 
 
 def run_make_demo_checkpoint(out_dir: Path | None, robot: str = "single_arm", steps: int | None = None,
-                             size_overrides: dict | None = None, **kwargs) -> int:
+                             size_overrides: dict | None = None, dagger_overrides: dict | None = None,
+                             **kwargs) -> int:
     import dataclasses
 
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_CHECKPOINT_DIR, DEMO_SIZE, make_demo_checkpoint
+    from ki_vla_ros.train.experiment.demo_checkpoint import (DEMO_CHECKPOINT_DIR, DEMO_DAGGER, DEMO_SIZE,
+                                                             make_demo_checkpoint)
 
     size = dataclasses.replace(DEMO_SIZE, **(size_overrides or {}))
-    report = make_demo_checkpoint(out_dir or DEMO_CHECKPOINT_DIR, robot=robot, steps=steps, size=size, **kwargs)
+    dagger = dataclasses.replace(DEMO_DAGGER, **(dagger_overrides or {}))
+    report = make_demo_checkpoint(out_dir or DEMO_CHECKPOINT_DIR, robot=robot, steps=steps, size=size,
+                                  dagger_settings=dagger, **kwargs)
     print(report)
     return 0
 

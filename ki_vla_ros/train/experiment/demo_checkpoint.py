@@ -10,7 +10,10 @@ single_arm (8 state / 8 action dims, cameras base + wrist in 2 slots), horizon 1
   3. the backbone learns "point to the <color> block" -> "column C row R" alone
      (point_pretrain_steps), then VQA, captions and pointing together (pretrain_steps);
   4. KI: FAST-token CE and flow matching with stop-gradient, co-trained on VQA, captions,
-     pointing and planner subtasks (vlm_ratio).
+     pointing and planner subtasks (vlm_ratio); the joint actions are offsets from the
+     chunk's start state (delta_actions);
+  5. DAgger (DEMO_DAGGER): the model drives the training scenes, the expert relabels from
+     where it went, and the model trains on the growing aggregate.
 So the one checkpoint serves the policy ("move to the red block" -> the arm moves toward
 the red block) and the planner (generate_subtask(images, "tidy up the table: start with the
 red block") -> "move to the red block"). Weights are stored as float16 (under 1 MB); the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -33,16 +37,18 @@ import numpy as np
 import torch
 
 from ki_vla_ros.model.inference import Predictor
+from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.runtime.model_loading import DEMO_CHECKPOINT_DIR
 from ki_vla_ros.sim.tasks import start_reach_episode
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler, TextSampler
-from ki_vla_ros.train.experiment.commands import DEMO_VLM_SCENES, SIZE_OPTIONS
+from ki_vla_ros.train.experiment.commands import DAGGER_OPTIONS, DEMO_VLM_SCENES, SIZE_OPTIONS, format_option
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
 from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
 from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, POINT_KIND,
-                                               SUBTASK_TEMPLATE, TEXT_KINDS, generate_reach_data)
+                                               SUBTASK_TEMPLATE, TEXT_KINDS, ReachData,
+                                               generate_reach_data)
 
 # Words as tokens, a tower that knows where each colour is, and pointing questions: with all
 # three the backbone can say where the named block is, which the step-0 chunk needs; and 30%
@@ -51,7 +57,8 @@ from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TE
 DEMO_SIZE = StudySize(train_episodes=1000, eval_episodes=20, pretrain_steps=500, vla_steps=8000, seeds=(0,),
                       eval_every=250, eval_samples=32, closed_loop_episodes=30, vqa_questions=100,
                       latency_reps=20, vlm_ratio=0.25, vision_pretrain_steps=1500, where_weight=3.0,
-                      text_tokenizer="sentencepiece", point_pretrain_steps=3000, first_step_fraction=0.3)
+                      text_tokenizer="sentencepiece", point_pretrain_steps=3000, first_step_fraction=0.3,
+                      delta_actions=True)
 DEMO_SEED = 0
 # point_questions: pretraining and co-training also ask "point to the blue block" ->
 # "column 3 row 2", the spatial fact the first chunk of an episode needs; POINT_REPEAT copies
@@ -65,48 +72,77 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
                          size: StudySize = DEMO_SIZE, log=print, snapshot_dir=None, threads: int = 1,
                          device: str = "cpu", model_overrides: dict | None = None,
                          time_budget_s: float | None = None, recipe: str = "ki",
-                         vlm_scenes: int = DEMO_VLM_SCENES, point_questions: bool = True) -> str:
+                         vlm_scenes: int = DEMO_VLM_SCENES, point_questions: bool = True,
+                         dagger_settings: "DaggerSettings | None" = None, dagger_from=None) -> str:
     """Train, write (float16) and evaluate the demo checkpoint; returns the evaluation summary.
 
-    snapshot_dir: also save the model every 500 steps there (to watch a long run).
+    snapshot_dir: also save the model every 500 steps there (to watch a long run), and each
+    DAgger round's.
     device: where to train ("cuda" on a GPU machine); the evaluation runs on the CPU, as the demo does.
     model_overrides: KIVLAConfig fields to change from the study model (e.g. image_size).
     time_budget_s: instead of a step count, train as many steps as fit in this time (measured
     on 20 steps of a throw-away copy of the model first, so the learning-rate schedule still
-    knows its length)."""
+    knows its length).
+    dagger_settings: the DAgger rounds after the KI stage (default DEMO_DAGGER).
+    dagger_from: skip stages 1-4 and run only the DAgger rounds, from this checkpoint."""
     out_dir = Path(out_dir)
+    dagger_settings = DEMO_DAGGER if dagger_settings is None else dagger_settings
     if steps is not None:
         size = dataclasses.replace(size, vla_steps=steps)
-    t0 = time.perf_counter()
-    torch.set_num_threads(threads)
     if size.train_episodes > VLM_SEED_OFFSET or VLM_SEED_OFFSET + vlm_scenes > EVAL_SEED_OFFSET:
         raise ValueError(f"train_episodes={size.train_episodes}, vlm_scenes={vlm_scenes}: the seed ranges would "
                          f"overlap; expected train_episodes <= {VLM_SEED_OFFSET} and "
                          f"vlm_scenes <= {EVAL_SEED_OFFSET - VLM_SEED_OFFSET}")
+    if dagger_from is not None and not (Path(dagger_from) / "model.safetensors").is_file():
+        raise FileNotFoundError(f"dagger_from={str(dagger_from)!r} is not a checkpoint directory; expected "
+                                f"model.safetensors in it")
+    t0 = time.perf_counter()
+    torch.set_num_threads(threads)
+    options = dict(device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions)
+    record: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:  # write-then-move: never a half-written asset
+        base, demos, text_data = dagger_from, None, None
+        if dagger_from is None:
+            base = Path(tmp) / "ki"
+            model, demos, text_data, history, size = _train_ki_stage(
+                robot, size, model_overrides, time_budget_s, snapshot_dir, log, t0, **options)
+            model.to("cpu").half().save_pretrained(base)
+            record.update(vla_steps=size.vla_steps, final_losses=history[-1])
+        rounds = dagger(base, Path(tmp) / "final", dagger_settings, size, robot, demos=demos, text_data=text_data,
+                        log=log, snapshot_dir=snapshot_dir, **options)
+        train_s = time.perf_counter() - t0
+        _replace_dir(Path(tmp) / "final", out_dir)
+    metrics = evaluate_checkpoint(out_dir, robot, size.closed_loop_episodes)
+    metrics.update(train_seconds=train_s, **record, weights_bytes=(out_dir / "model.safetensors").stat().st_size,
+                   **options, vision_pretrain_steps=size.vision_pretrain_steps, vision_lr_scale=size.vision_lr_scale,
+                   delta_actions=size.delta_actions,
+                   dagger={**dataclasses.asdict(dagger_settings), "rounds_run": rounds},
+                   reproduce=reproduce_command(size, model_overrides, dagger_settings, **options))
+    if dagger_from is not None:
+        metrics["dagger_from"] = str(dagger_from)
+    (out_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "README.md").write_text(readme(metrics))
+    return format_metrics(metrics)
+
+
+def _train_ki_stage(robot: str, size: StudySize, model_overrides: dict | None, time_budget_s: float | None,
+                    snapshot_dir, log, t0: float, device: str, recipe: str, vlm_scenes: int,
+                    point_questions: bool) -> tuple[KIVLA, ReachData, ReachData, list[dict], StudySize]:
+    """Stages 1-4: data, tokenizers, vision and VLM pretraining, then the KI stage. Returns the
+    model, the demonstrations, the VLM scenes, the KI stage's history and the size (with the
+    step count a time budget chose)."""
     data = prepare_data(robot, size, model_overrides)
     # Many more scenes for the VLM data than there are demonstrations: one frame each is
     # cheap to render, and a vision tower trained from scratch needs the variety to see.
-    text_data = data.train
-    if vlm_scenes:
-        text_data = generate_reach_data(load_robot_config(robot),
-                                        range(VLM_SEED_OFFSET, VLM_SEED_OFFSET + vlm_scenes),
-                                        data.config.image_size, steps=1)
+    text_data = vlm_scene_data(robot, vlm_scenes, data.config.image_size) if vlm_scenes else data.train
     extra_kinds = (POINT_KIND,) if point_questions else ()
     model, _ = pretrain_backbone(data, size, seed=DEMO_SEED, device=device, kinds=PRETRAIN_KINDS + extra_kinds,
                                  text_data=text_data)
     log(f"[demo-checkpoint] data + VLM pretraining done ({time.perf_counter() - t0:.0f} s)")
-    actions = ReachActionSampler(data.train, data.config, model.text_tokenizer, data.fast, data.norm_stats,
-                                 first_step_fraction=size.first_step_fraction)
-    text_samples = text_data.text(TEXT_KINDS) + text_data.text(extra_kinds) * POINT_REPEAT
-    text = TextSampler(text_data, data.config, model.text_tokenizer, text_samples)
-    sampler = MixedSampler(actions, text, size.vlm_ratio)
-
-    def fit_config(n_steps: int) -> FitConfig:
-        return FitConfig(recipe=recipe, steps=n_steps, batch_size=size.batch_size, lr=size.vla_lr,
-                         warmup_steps=100, seed=DEMO_SEED, device=device, vision_lr_scale=size.vision_lr_scale)
+    sampler = cotraining_sampler(model, data.train, text_data, size, point_questions)
 
     if time_budget_s is not None:
-        probe = fit(copy.deepcopy(model), sampler, fit_config(20))
+        probe = fit(copy.deepcopy(model), sampler, demo_fit_config(size, recipe, 20, device))
         step_s = float(np.median([h["step_s"] for h in probe[5:]]))
         size = dataclasses.replace(size, vla_steps=max(100, int(time_budget_s / step_s)))
         log(f"[demo-checkpoint] {step_s * 1e3:.1f} ms per step on {device}: "
@@ -118,28 +154,136 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         if snapshot_dir is not None and step and step % 500 == 0:
             m.save_pretrained(Path(snapshot_dir) / f"step_{step}")
 
-    history = fit(model, sampler, fit_config(size.vla_steps), on_step=on_step)
-    model.to("cpu")
-    train_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:  # write-then-move: never a half-written asset
+    history = fit(model, sampler, demo_fit_config(size, recipe, size.vla_steps, device), on_step=on_step)
+    return model, data.train, text_data, history, size
+
+
+def cotraining_sampler(model: KIVLA, demos: ReachData, text_data: ReachData, size: StudySize,
+                       point_questions: bool = True) -> MixedSampler:
+    """The VLA stage's batches: action chunks of `demos` (size.first_step_fraction of them from
+    step 0) and, as size.vlm_ratio of each batch, VQA, captions, planner subtasks and (with
+    point_questions) POINT_REPEAT copies of the pointing questions of text_data's scenes."""
+    actions = ReachActionSampler(demos, model.config, model.text_tokenizer, model.fast_tokenizer, model.norm_stats,
+                                 first_step_fraction=size.first_step_fraction)
+    extra_kinds = (POINT_KIND,) if point_questions else ()
+    text_samples = text_data.text(TEXT_KINDS) + text_data.text(extra_kinds) * POINT_REPEAT
+    text = TextSampler(text_data, model.config, model.text_tokenizer, text_samples)
+    return MixedSampler(actions, text, size.vlm_ratio)
+
+
+def demo_fit_config(size: StudySize, recipe: str, steps: int, device: str, lr_scale: float = 1.0,
+                    seed: int = DEMO_SEED) -> FitConfig:
+    return FitConfig(recipe=recipe, steps=steps, batch_size=size.batch_size, lr=size.vla_lr * lr_scale,
+                     warmup_steps=100, seed=seed, device=device, vision_lr_scale=size.vision_lr_scale)
+
+
+def vlm_scene_data(robot: str, vlm_scenes: int, image_size: int) -> ReachData:
+    """One frame of each of vlm_scenes scenes (seeds from VLM_SEED_OFFSET): the VLM data."""
+    return generate_reach_data(load_robot_config(robot), range(VLM_SEED_OFFSET, VLM_SEED_OFFSET + vlm_scenes),
+                               image_size, steps=1)
+
+
+# ------------------------------------------------------------------ DAgger
+@dataclasses.dataclass(frozen=True)
+class DaggerSettings:
+    """Rounds of DAgger after the KI stage (Ross et al., 2011). Behaviour cloning alone never
+    shows the policy a state off the expert's path: the checkpoint before DAgger came within
+    2 cm of the named block in most held-out episodes and then drifted off it again. Each
+    round, the current model drives every training scene for a random 0..max_lead_steps steps,
+    then the expert demonstrates from wherever the arm is (sim.tasks.generate_episode lead_in);
+    those episodes join the aggregate (the demonstrations and every earlier round's), and the
+    model trains on it for `steps` more steps at lr_scale of the VLA learning rate (new
+    warm-up and cosine decay), with the same co-training text."""
+
+    rounds: int = 0
+    steps: int = 2000
+    lr_scale: float = 0.5
+    max_lead_steps: int = 25
+
+    def __post_init__(self):
+        for name in ("rounds", "steps", "max_lead_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"DaggerSettings.{name} is {value!r}; expected an integer >= 0")
+        if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
+            raise ValueError(f"DaggerSettings.lr_scale is {self.lr_scale!r}; expected a finite fraction > 0")
+
+
+DEMO_DAGGER = DaggerSettings(rounds=4, steps=2000, lr_scale=0.5, max_lead_steps=25)
+LEAD_STREAM = 2  # the lead-in length of a DAgger episode: its own random stream per (seed, round)
+
+
+def policy_lead_in(predictor: Predictor, round_index: int, max_lead_steps: int):
+    """lead_in for generate_reach_data: the predictor drives the seed's episode for a
+    seed-and-round-determined 0..max_lead_steps steps, in chunks like the policy node."""
+    chunk_fn = ev.flow_chunk_fn(predictor)
+
+    def lead(seed: int, robot, task) -> float:
+        steps = int(np.random.default_rng([seed, LEAD_STREAM, round_index]).integers(0, max_lead_steps + 1))
+        dt = robot.config.chunk.step_duration_s
+        ev.drive(robot, chunk_fn, task.instruction, steps, dt, robot.config.chunk.execute_steps)
+        return steps * dt
+
+    return lead
+
+
+def dagger(checkpoint_dir, out_dir, settings: DaggerSettings, size: StudySize = DEMO_SIZE, robot: str = "single_arm",
+           demos: ReachData | None = None, text_data: ReachData | None = None, recipe: str = "ki",
+           device: str = "cpu", point_questions: bool = True, vlm_scenes: int = DEMO_VLM_SCENES,
+           log=print, snapshot_dir=None) -> list[dict]:
+    """settings.rounds of DAgger from the checkpoint at checkpoint_dir; writes the float16 result
+    to out_dir and returns one record per round (episodes added, the recovery demonstrations'
+    start distance, the last losses). demos / text_data: the training demonstrations and the
+    VLM scenes (default: generated again from size and vlm_scenes, as make_demo_checkpoint does).
+    snapshot_dir: also keep each round's checkpoint there (round_1, ...)."""
+    config = load_robot_config(robot)
+    image_size = Predictor.from_pretrained(str(checkpoint_dir), device="cpu").config.image_size
+    if demos is None:
+        demos = generate_reach_data(config, range(size.train_episodes), image_size,
+                                    action_noise_rad=size.demo_action_noise_rad)
+    if text_data is None:
+        text_data = vlm_scene_data(robot, vlm_scenes, image_size) if vlm_scenes else demos
+    aggregate, current, records = demos, Path(checkpoint_dir), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(settings.rounds):
+            t0 = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(r)
+                predictor = Predictor.from_pretrained(str(current), device="cpu", dtype="float32")
+                recovery = generate_reach_data(config, range(size.train_episodes), image_size,
+                                               lead_in=policy_lead_in(predictor, r, settings.max_lead_steps))
+            aggregate = aggregate.extended(recovery)
+            log(f"[dagger] round {r + 1}/{settings.rounds}: {recovery.num_episodes} policy-led episodes "
+                f"({time.perf_counter() - t0:.0f} s), {aggregate.num_episodes} in the aggregate")
+            model = KIVLA.from_pretrained(str(current), device=device, dtype=torch.float32)
+            sampler = cotraining_sampler(model, aggregate, text_data, size, point_questions)
+            history = fit(model, sampler, demo_fit_config(size, recipe, settings.steps, device, settings.lr_scale,
+                                                          seed=DEMO_SEED + 1 + r))
+            current = Path(tmp) / f"round_{r + 1}"
+            model.to("cpu").half().save_pretrained(current)
+            if snapshot_dir is not None:
+                _replace_dir(current, Path(snapshot_dir) / current.name)
+            records.append({"round": r + 1, "episodes_added": recovery.num_episodes,
+                            "aggregate_episodes": aggregate.num_episodes, "seconds": time.perf_counter() - t0,
+                            "final_losses": history[-1]})
+            log(f"[dagger] round {r + 1} trained {settings.steps} steps ({time.perf_counter() - t0:.0f} s)")
+        _replace_dir(current, Path(out_dir))
+    return records
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Copy src over dst through a staged copy, so dst is never half-written."""
+    with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "ckpt"
-        model.half().save_pretrained(staged)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        shutil.copytree(staged, out_dir)
-    metrics = evaluate_checkpoint(out_dir, robot, size.closed_loop_episodes)
-    options = dict(device=device, recipe=recipe, vlm_scenes=vlm_scenes, point_questions=point_questions)
-    metrics.update(train_seconds=train_s, vla_steps=size.vla_steps, final_losses=history[-1],
-                   weights_bytes=(out_dir / "model.safetensors").stat().st_size, **options,
-                   vision_pretrain_steps=size.vision_pretrain_steps, vision_lr_scale=size.vision_lr_scale,
-                   reproduce=reproduce_command(size, model_overrides, **options))
-    (out_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "README.md").write_text(readme(metrics))
-    return format_metrics(metrics)
+        shutil.copytree(src, staged)
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(staged, dst)
 
 
-def reproduce_command(size: StudySize, model_overrides: dict | None, device: str = "cpu", recipe: str = "ki",
-                      vlm_scenes: int = DEMO_VLM_SCENES, point_questions: bool = True) -> str:
+def reproduce_command(size: StudySize, model_overrides: dict | None, dagger_settings: "DaggerSettings | None" = None,
+                      device: str = "cpu", recipe: str = "ki", vlm_scenes: int = DEMO_VLM_SCENES,
+                      point_questions: bool = True) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
     parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
              f"--steps {size.vla_steps}"]
@@ -154,7 +298,11 @@ def reproduce_command(size: StudySize, model_overrides: dict | None, device: str
     for field, (flag, _, _) in SIZE_OPTIONS.items():
         value = getattr(size, field)
         if value != getattr(DEMO_SIZE, field):
-            parts.append(f"{flag} {value}" if isinstance(value, str) else f"{flag} {value:g}")
+            parts.append(format_option(flag, value))
+    for field, (flag, _, _) in DAGGER_OPTIONS.items():
+        value = getattr(dagger_settings or DEMO_DAGGER, field)
+        if value != getattr(DEMO_DAGGER, field):
+            parts.append(format_option(flag, value))
     parts += [f"--model {k}={v}" for k, v in sorted((model_overrides or {}).items())]
     return " ".join(parts)
 
@@ -217,8 +365,6 @@ def subtask_accuracy(predictor: Predictor, config, seeds) -> dict:
 
 
 def new_model_like(predictor: Predictor):
-    from ki_vla_ros.model.network import KIVLA
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(12345)
         model = KIVLA(predictor.config, text_tokenizer=predictor.model.text_tokenizer,
@@ -253,17 +399,23 @@ def format_metrics(m: dict) -> str:
 
 
 def readme(m: dict) -> str:
+    own, rnd = m["own_instruction"], m.get("random_weights_own_instruction") or {}
+    dagger = m.get("dagger", {})
     return f"""# Tiny demo checkpoint (single_arm)
 
 Knowledge-insulated VLA (ki_vla_ros `tiny_study` config: the tiny preset shrunk to ~0.42M
-parameters, horizon 10, 8 action dims, 2 camera slots: base, wrist) with a word-level
-SentencePiece tokenizer fitted on the task's text (tokenizer.model), trained on the simulated
-language-conditioned reach task: vision tower pretrained on patch colours and positions,
-backbone pretrained on pointing, VQA and captions, then the KI recipe (FAST-token CE + VQA /
-caption / pointing / planner-subtask co-training for the backbone, flow matching with
-stop-gradient for the expert). Weights are float16 ({m['weights_bytes'] / 1e6:.2f} MB).
-It moves toward the named block far more often than random weights, but mostly stops a few
-centimetres short of it: a demo of the pipeline, not a useful robot policy.
+parameters, horizon 10, 8 action dims{' as offsets from the measured joints' if m.get('delta_actions') else ''},
+2 camera slots: base, wrist) with a word-level SentencePiece tokenizer fitted on the task's text
+(tokenizer.model), trained on the simulated language-conditioned reach task: vision tower
+pretrained on patch colours and positions, backbone pretrained on pointing, VQA and captions,
+then the KI recipe (FAST-token CE + VQA / caption / pointing / planner-subtask co-training for
+the backbone, flow matching with stop-gradient for the expert), then {dagger.get('rounds', 0)} DAgger
+rounds (the policy drives, the scripted expert relabels). Weights are float16
+({m['weights_bytes'] / 1e6:.2f} MB).
+
+On held-out scenes it ends within 3 cm of the block its instruction names in
+{own['success_rate']:.0%} of episodes (random weights: {rnd.get('success_rate', float('nan')):.0%}): a demo of the
+pipeline on a toy task, not a robot policy.
 
 Reproduce (about {m['train_seconds'] / 60:.0f} min on {'a GPU' if m.get('device', 'cpu') != 'cpu' else '2 CPU cores'}):
 

@@ -25,9 +25,8 @@ import torch
 
 from ki_vla_ros.model.inference import Predictor, prepare_inputs
 from ki_vla_ros.model.network import KIVLA, ModelInputs
-from ki_vla_ros.model.normalize import unnormalize
 from ki_vla_ros.runtime.config import RobotConfig
-from ki_vla_ros.sim.robot import REACH_TOLERANCE_M
+from ki_vla_ros.sim.robot import REACH_TOLERANCE_M, SimRobot
 from ki_vla_ros.sim.tasks import ReachTask, start_reach_episode
 
 FLOW, FAST = "flow", "fast"
@@ -147,7 +146,7 @@ def fast_chunk_fn(predictor: Predictor) -> ChunkFn:
             out = model.decode_fast_actions(inputs.to(model.device))
         if not bool(out.valid[0]):
             return None
-        return unnormalize(out.actions[0, :, : predictor.action_dim].numpy(), predictor.action_stats)
+        return predictor.to_robot_units(out.actions[0].numpy(), state)
 
     return chunk
 
@@ -168,11 +167,25 @@ def run_reach_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, step
     if target is not None:
         task = ReachTask(target, instruction or f"move to the {target}")
     prompt = instruction or task.instruction
-    slots = sorted(config.cameras, key=lambda c: c.slot)
-    chunk, invalid = None, 0
     start_distance_m = robot.distance_to(task.target)
+    invalid = drive(robot, chunk_fn, prompt, steps, dt, execute_steps)
+    robot.step(steps * dt)
+    others = [n for n in robot.scene.names if n != task.target]
+    final_distance_m = robot.distance_to(task.target)
+    return ReachOutcome(seed=seed, instruction=prompt, target=task.target, success=task.success(robot),
+                        wrong_block=any(robot.reached(n, REACH_TOLERANCE_M) for n in others),
+                        final_distance_m=final_distance_m, invalid_chunks=invalid, start_distance_m=start_distance_m,
+                        nearest_is_target=all(final_distance_m < robot.distance_to(n) for n in others))
+
+
+def drive(robot: SimRobot, chunk_fn: ChunkFn, prompt: str, steps: int, dt: float, execute_steps: int,
+          start_s: float = 0.0) -> int:
+    """The policy drives `robot` for `steps` steps of dt from start_s, asking for a chunk every
+    execute_steps; returns how many chunks it could not produce (the robot held still)."""
+    slots = sorted(robot.config.cameras, key=lambda c: c.slot)
+    chunk, invalid = None, 0
     for t in range(steps):
-        now = t * dt
+        now = start_s + t * dt
         k = t % execute_steps
         if k == 0:
             frames = robot.images(now)
@@ -182,13 +195,7 @@ def run_reach_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, step
         robot.step(now)
         if chunk is not None and k < len(chunk):
             robot.apply_action(np.asarray(chunk[k], dtype=np.float64), now, dt)
-    robot.step(steps * dt)
-    others = [n for n in robot.scene.names if n != task.target]
-    final_distance_m = robot.distance_to(task.target)
-    return ReachOutcome(seed=seed, instruction=prompt, target=task.target, success=task.success(robot),
-                        wrong_block=any(robot.reached(n, REACH_TOLERANCE_M) for n in others),
-                        final_distance_m=final_distance_m, invalid_chunks=invalid, start_distance_m=start_distance_m,
-                        nearest_is_target=all(final_distance_m < robot.distance_to(n) for n in others))
+    return invalid
 
 
 def summarize_outcomes(outcomes: Sequence[ReachOutcome]) -> dict[str, float]:

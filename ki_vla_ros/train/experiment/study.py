@@ -35,7 +35,7 @@ from ki_vla_ros.model.fast import FASTTokenizer
 from ki_vla_ros.model.inference import Predictor
 from ki_vla_ros.model.network import KIVLA, ActionExpert, count_parameters
 from ki_vla_ros.model.text_tokenizer import SentencePieceTokenizer
-from ki_vla_ros.runtime.config import load_robot_config
+from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import (MixedSampler, ReachActionSampler, TextSampler,
                                                  check_first_step_fraction, fit_norm_stats, normalized_chunks)
@@ -98,6 +98,9 @@ class StudySize:
     demo_action_noise_rad: float = 0.0
     # The share of VLA action samples that start at step 0 (batches.ReachActionSampler).
     first_step_fraction: float = 0.0
+    # Joint actions as offsets from the chunk's start state (KIVLAConfig.delta_action_dims):
+    # the same normalized error is then a far smaller error in radians.
+    delta_actions: bool = False
     # Held-out MSE (normalized, moving dims) that counts as "trained" for claim 1. For scale:
     # predicting the mean action scores ~0.4; sampling from the unconditional action
     # distribution ~0.7-0.8.
@@ -149,8 +152,10 @@ def prepare_data(robot: str, size: StudySize, model_overrides: dict | None = Non
                                 action_noise_rad=size.demo_action_noise_rad)
     held_out = generate_reach_data(cfg_robot, range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + size.eval_episodes),
                                    config.image_size)
-    stats = fit_norm_stats(train)
-    chunks = normalized_chunks(train, stats, config.action_horizon)
+    if size.delta_actions:
+        config = dataclasses.replace(config, delta_action_dims=joint_action_dims(cfg_robot))
+    stats = fit_norm_stats(train, config.action_horizon, config.delta_action_dims)
+    chunks = normalized_chunks(train, stats, config.action_horizon, config.delta_action_dims)
     fast = FASTTokenizer.fit(chunks.reshape(-1, *chunks.shape[2:]), vocab_size=config.fast_vocab_size)
     text_tokenizer = None
     if size.text_tokenizer == "sentencepiece":
@@ -161,6 +166,12 @@ def prepare_data(robot: str, size: StudySize, model_overrides: dict | None = Non
             raise ValueError(f"the fitted text tokenizer has {text_tokenizer.text_vocab} pieces; the FAST ids "
                              f"start at {first_fast_id} (vocab_size {config.vocab_size})")
     return StudyData(train, held_out, stats, fast, config, text_tokenizer)
+
+
+def joint_action_dims(robot: RobotConfig) -> tuple[int, ...]:
+    """The action dims that are joint position targets with the same index in the state."""
+    return tuple(i for i, name in enumerate(robot.action_names)
+                 if i < len(robot.state_names) and robot.state_names[i] == name and name in robot.joints)
 
 
 def new_model(data: StudyData, seed: int) -> KIVLA:

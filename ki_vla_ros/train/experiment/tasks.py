@@ -20,14 +20,16 @@ evaluation seeds never overlap (EVAL_SEED_OFFSET).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ki_vla_ros.model.inference import format_subtask_prompt
 from ki_vla_ros.model.preprocess import format_prompt, resize_with_pad
 from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
-from ki_vla_ros.sim.tasks import INSTRUCTION_TEMPLATES, generate_episode, start_reach_episode
+from ki_vla_ros.sim.robot import SimRobot
+from ki_vla_ros.sim.tasks import INSTRUCTION_TEMPLATES, ReachTask, generate_episode, start_reach_episode
 from ki_vla_ros.sim.vqa import point_samples, scene_caption, vqa_samples
 
 EVAL_SEED_OFFSET = 100_000
@@ -86,6 +88,23 @@ class ReachData:
     def text(self, kinds: Sequence[str] = TEXT_KINDS) -> list[TextSample]:
         return [s for s in self.text_samples if s.kind in kinds]
 
+    def extended(self, other: "ReachData") -> "ReachData":
+        """This data's episodes followed by other's (same robot, steps and image size)."""
+        if (other.robot, other.images.shape[1:], other.step_duration_s) != \
+                (self.robot, self.images.shape[1:], self.step_duration_s):
+            raise ValueError(f"cannot append {other.robot} episodes of images {other.images.shape[1:]} at "
+                             f"{other.step_duration_s} s to {self.robot} episodes of {self.images.shape[1:]} at "
+                             f"{self.step_duration_s} s; expected the same robot, steps, image size and rate")
+        offset = self.num_episodes
+        texts = [dataclasses.replace(t, episode=t.episode + offset) for t in other.text_samples]
+        return ReachData(robot=self.robot, seeds=self.seeds + other.seeds,
+                         images=np.concatenate([self.images, other.images]),
+                         state=np.concatenate([self.state, other.state]),
+                         actions=np.concatenate([self.actions, other.actions]),
+                         instructions=self.instructions + other.instructions, targets=self.targets + other.targets,
+                         scene_names=self.scene_names + other.scene_names,
+                         text_samples=self.text_samples + texts, step_duration_s=self.step_duration_s)
+
 
 def text_samples_for_scene(episode: int, scene, max_answer_chars: int) -> list[TextSample]:
     """Every VQA pair, the caption (when it fits) and one subtask target per block and template."""
@@ -103,12 +122,15 @@ def text_samples_for_scene(episode: int, scene, max_answer_chars: int) -> list[T
 
 def generate_reach_data(robot: str | RobotConfig, seeds: Sequence[int], image_size: int,
                         steps: int = EPISODE_STEPS, max_answer_chars: int = 46,
-                        action_noise_rad: float = 0.0) -> ReachData:
+                        action_noise_rad: float = 0.0,
+                        lead_in: Callable[[int, SimRobot, ReachTask], float] | None = None) -> ReachData:
     """Expert demonstrations and text samples for the given scene seeds.
 
     image_size: the model's square input S; camera frames are rendered with their longer
     side at 96 px (what sim/tasks.py stores) and resize_with_pad'ed to S once here.
     action_noise_rad: executed-action noise of the demonstrations (sim.tasks.generate_episode).
+    lead_in(seed, robot, task) -> time_s: drives each episode before the expert records
+    (generate_episode's lead_in; DAgger, dagger.py).
     """
     config = load_robot_config(robot) if isinstance(robot, str) else robot
     n_cam = config.num_image_slots
@@ -121,7 +143,8 @@ def generate_reach_data(robot: str | RobotConfig, seeds: Sequence[int], image_si
     step_duration_s = config.chunk.step_duration_s
     for e, seed in enumerate(seeds):
         ep = generate_episode(config, int(seed), steps=steps, step_duration_s=step_duration_s,
-                              action_noise_rad=action_noise_rad)
+                              action_noise_rad=action_noise_rad,
+                              lead_in=functools.partial(lead_in, int(seed)) if lead_in else None)
         for cam in cams_by_slot:
             frames = ep["images"][cam.name]
             for t in range(steps):

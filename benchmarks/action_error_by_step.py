@@ -6,17 +6,23 @@ starts at step 0 can only come from the image and the instruction. Once the arm 
 its pose already points at the target, and a policy can score well by continuing the
 motion. This table separates the two (README, "The demo checkpoint"). The scenes are the
 held-out evaluation seeds; the flow expert samples with fixed noise (10 Euler steps).
-Columns: flow MSE over the moving action dims (normalized), the MSE of predicting the
-mean chunk of those samples, and their ratio (below 1: better than the mean).
+Columns: the flow chunks' RMS error over the moving action dims in radians (the same for a
+checkpoint that predicts offsets from the state, delta_action_dims, and one that predicts
+absolute targets), the RMS error of predicting the mean chunk of those samples, and their
+ratio (below 1: better than the mean; "-" where the chunks do not vary, e.g. holding still
+with offsets).
 """
 
 from __future__ import annotations
 
 import argparse
 
+import math
+
 import torch
 
 from ki_vla_ros.model.inference import Predictor
+from ki_vla_ros.model.normalize import unnormalize
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import ReachActionSampler
 from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, generate_reach_data
@@ -39,16 +45,20 @@ def main() -> None:
     sampler = ReachActionSampler(data, model.config, model.text_tokenizer, model.fast_tokenizer, model.norm_stats)
     dims = ev.active_action_dims(model.norm_stats["actions"])
     print(f"{args.checkpoint}: {args.episodes} held-out scenes, moving action dims {dims.tolist()}")
-    print(f"{'start step':>10s} {'flow mse':>9s} {'mean-chunk mse':>15s} {'ratio':>6s}")
+    stats = model.norm_stats["actions"]
+    print(f"{'start step':>10s} {'flow rmse (rad)':>15s} {'mean-chunk rmse (rad)':>21s} {'ratio':>6s}")
     for t in args.steps:
         batch = sampler.batch_at([(e, t) for e in range(args.episodes)])
         noise = torch.randn(args.episodes, model.config.action_horizon, model.config.action_dim,
                             generator=torch.Generator().manual_seed(0))
         predicted, _ = ev.predict_normalized_chunks(model, batch, ev.FLOW, noise)
-        expected = batch.actions[:, :, dims].numpy()
-        mse = ev.chunk_mse(predicted[:, :, dims], expected)
-        mean_mse = ev.chunk_mse(expected.mean(0, keepdims=True).repeat(args.episodes, 0), expected)
-        print(f"{t:>10d} {mse:>9.3f} {mean_mse:>15.3f} {mse / mean_mse:>6.2f}")
+        # In robot units: a difference of offsets from the same state is a difference of targets.
+        predicted = unnormalize(predicted, stats)[:, :, dims]
+        expected = unnormalize(batch.actions[:, :, : stats.dim].numpy(), stats)[:, :, dims]
+        rmse = math.sqrt(ev.chunk_mse(predicted, expected))
+        mean_rmse = math.sqrt(ev.chunk_mse(expected.mean(0, keepdims=True).repeat(args.episodes, 0), expected))
+        ratio = f"{rmse / mean_rmse:6.2f}" if mean_rmse > 1e-4 else f"{'-':>6s}"
+        print(f"{t:>10d} {rmse:>15.4f} {mean_rmse:>21.4f} {ratio}")
 
 
 if __name__ == "__main__":

@@ -168,12 +168,13 @@ def test_demo_checkpoint_is_small_and_fits_the_single_arm_config(demo_predictor)
     assert (demo_predictor.state_dim, demo_predictor.action_dim, demo_predictor.num_cameras) == (8, 8, 2)
 
 
-def test_the_demo_checkpoint_moves_toward_the_named_block_and_random_weights_do_not(demo_predictor):
-    """Closed loop on 20 held-out scenes (seeded flow noise): the shipped checkpoint ends nearer
-    the named block than any other block far more often than random weights of the same size,
-    and well short of where it started. Measured: 16/20, median 19.9 -> 7.6 cm; random weights
-    8/20 and 24 cm (0.75-0.85 and 0.40-0.50 over three noise seeds). It rarely ends within the
-    3 cm of a success (README, "The demo checkpoint")."""
+def test_the_demo_checkpoint_reaches_the_named_block_and_random_weights_do_not(demo_predictor):
+    """Closed loop on 20 held-out scenes (seeded flow noise): the shipped checkpoint ends within
+    the 3 cm of a success on most of them and nearest the named block on almost all; random
+    weights of the same size do neither. Measured over three noise seeds: 0.75-0.90 within
+    3 cm, 0.95-1.00 nearest, median 0.8-1.2 cm from the block (from 19.9 cm); random weights
+    0.00-0.05, 0.50-0.60 and 34-40 cm (README, "The demo checkpoint")."""
+    from ki_vla_ros.sim.robot import REACH_TOLERANCE_M
     from ki_vla_ros.train.experiment.demo_checkpoint import new_model_like
     from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET
 
@@ -184,9 +185,10 @@ def test_the_demo_checkpoint_moves_toward_the_named_block_and_random_weights_do_
             torch.manual_seed(0)
             results[name] = ev.closed_loop_reach(SINGLE_ARM, seeds, ev.flow_chunk_fn(predictor))
     demo, random = results["demo"], results["random"]
-    assert demo["nearest_is_target_rate"] >= random["nearest_is_target_rate"] + 0.2, (demo, random)
-    assert demo["median_final_distance_m"] < 0.6 * demo["median_start_distance_m"], demo
-    assert random["median_final_distance_m"] > demo["median_final_distance_m"] + 0.05, (demo, random)
+    assert demo["success_rate"] >= 0.5 and demo["success_rate"] >= random["success_rate"] + 0.4, (demo, random)
+    assert demo["nearest_is_target_rate"] >= random["nearest_is_target_rate"] + 0.3, (demo, random)
+    assert demo["median_final_distance_m"] < REACH_TOLERANCE_M, demo
+    assert demo["wrong_block_rate"] <= 0.1, demo
 
 
 def test_demo_checkpoint_plans_the_subtask_the_task_names(demo_predictor):

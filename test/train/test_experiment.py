@@ -399,3 +399,13 @@ def test_with_delta_actions_the_study_trains_on_offsets_that_add_back_to_the_dem
     np.testing.assert_allclose(last, 0.0, atol=1e-5)
     model.save_pretrained(tmp_path)
     assert Predictor.from_pretrained(str(tmp_path), device="cpu").config.delta_action_dims == tuple(range(8))
+
+
+def test_dagger_from_rejects_a_directory_without_weights_and_settings_of_skipped_stages(tmp_path):
+    from ki_vla_ros.train.experiment.demo_checkpoint import make_demo_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint directory; expected model.safetensors"):
+        make_demo_checkpoint(tmp_path / "out", dagger_from=tmp_path)
+    with pytest.raises(ValueError, match="model_overrides and time_budget_s belong to the stages it skips"):
+        make_demo_checkpoint(tmp_path / "out", dagger_from=DEMO_CHECKPOINT_DIR, model_overrides={"image_size": 64})
+    assert not (tmp_path / "out").exists()

@@ -93,6 +93,9 @@ def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None =
         raise ValueError(f"train_episodes={size.train_episodes}, vlm_scenes={vlm_scenes}: the seed ranges would "
                          f"overlap; expected train_episodes <= {VLM_SEED_OFFSET} and "
                          f"vlm_scenes <= {EVAL_SEED_OFFSET - VLM_SEED_OFFSET}")
+    if dagger_from is not None and (model_overrides or time_budget_s is not None):
+        raise ValueError("dagger_from runs only the DAgger rounds on an existing checkpoint; model_overrides and "
+                         "time_budget_s belong to the stages it skips")
     if dagger_from is not None and not (Path(dagger_from) / "model.safetensors").is_file():
         raise FileNotFoundError(f"dagger_from={str(dagger_from)!r} is not a checkpoint directory; expected "
                                 f"model.safetensors in it")
@@ -187,8 +190,8 @@ def vlm_scene_data(robot: str, vlm_scenes: int, image_size: int) -> ReachData:
 @dataclasses.dataclass(frozen=True)
 class DaggerSettings:
     """Rounds of DAgger after the KI stage (Ross et al., 2011). Behaviour cloning alone never
-    shows the policy a state off the expert's path: the checkpoint before DAgger came within
-    2 cm of the named block in most held-out episodes and then drifted off it again. Each
+    shows the policy a state off the expert's path, and its policy went wrong there: some
+    held-out episodes drove off early and never came back (README, "The demo checkpoint"). Each
     round, the current model drives every training scene for a random 0..max_lead_steps steps,
     then the expert demonstrates from wherever the arm is (sim.tasks.generate_episode lead_in);
     those episodes join the aggregate (the demonstrations and every earlier round's), and the
@@ -232,8 +235,8 @@ def dagger(checkpoint_dir, out_dir, settings: DaggerSettings, size: StudySize = 
            device: str = "cpu", point_questions: bool = True, vlm_scenes: int = DEMO_VLM_SCENES,
            log=print, snapshot_dir=None) -> list[dict]:
     """settings.rounds of DAgger from the checkpoint at checkpoint_dir; writes the float16 result
-    to out_dir and returns one record per round (episodes added, the recovery demonstrations'
-    start distance, the last losses). demos / text_data: the training demonstrations and the
+    to out_dir and returns one record per round (episodes added, the aggregate's size, seconds,
+    the last losses). demos / text_data: the training demonstrations and the
     VLM scenes (default: generated again from size and vlm_scenes, as make_demo_checkpoint does).
     snapshot_dir: also keep each round's checkpoint there (round_1, ...)."""
     config = load_robot_config(robot)

@@ -86,6 +86,7 @@ def test_mode_switching_by_service_forwards_only_the_active_source(ros_graph):
     assert len(h.output) == 0
     h.feed(0.5, h.policy, 0.01)
     assert len(h.output) > 0
+    h.feed(0.4 * CONFIG.mux.policy_timeout_s)  # the last forwarded policy commands arrive (no hold due yet)
     assert "teleop" in h.switch("teleop")
     ros_graph.wait_for(lambda: h.modes.messages[-1].data == "teleop", 10.0, "mode teleop on the latched topic")
     before = len(h.output)
@@ -101,6 +102,9 @@ def test_a_silent_teleop_source_leads_to_a_hold_at_the_measured_position(ros_gra
     h = MuxHarness(ros_graph)
     h.switch("teleop")
     h.feed(0.5, h.teleop, 0.02)
+    # Let the last forwarded teleop commands arrive before counting them (well inside the
+    # timeout, so no hold is due yet); otherwise one in flight is counted as a hold.
+    h.feed(0.4 * CONFIG.mux.teleop_timeout_s)
     forwarded = len(h.output)
     assert forwarded > 0
     h.measured = {j: q + 0.01 for j, q in h.measured.items()}  # the arm moved a bit meanwhile

@@ -131,17 +131,17 @@ def load_norm_stats(path, required: tuple[str, ...] = ()) -> dict[str, NormStats
 def to_delta(chunks: np.ndarray, state: np.ndarray, dims) -> np.ndarray:
     """Action chunks [..., H, Da] -> the same with dims as offsets from state [..., Ds] (the
     state at each chunk's start; action dim d pairs with state dim d)."""
-    out = np.array(chunks, dtype=np.float32)
-    if len(dims):
-        dims = list(dims)
-        out[..., dims] -= np.asarray(state, dtype=np.float32)[..., None, dims]
-    return out
+    return _shift_dims(chunks, state, dims, -1.0)
 
 
 def to_absolute(chunks: np.ndarray, state: np.ndarray, dims) -> np.ndarray:
     """The inverse of to_delta: add the chunk's start state back to dims."""
+    return _shift_dims(chunks, state, dims, 1.0)
+
+
+def _shift_dims(chunks: np.ndarray, state: np.ndarray, dims, sign: float) -> np.ndarray:
     out = np.array(chunks, dtype=np.float32)
     if len(dims):
         dims = list(dims)
-        out[..., dims] += np.asarray(state, dtype=np.float32)[..., None, dims]
+        out[..., dims] += sign * np.asarray(state, dtype=np.float32)[..., None, dims]
     return out

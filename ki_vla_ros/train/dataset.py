@@ -332,9 +332,10 @@ def compute_norm_stats(dataset: EpisodeDataset, save: bool = False, horizon: int
     if save and len(delta_dims):
         raise ValueError("save=True with delta_dims: DIR/norm_stats.json holds the absolute actions' stats")
     states, actions = zip(*(dataset.state_actions(i) for i in range(len(dataset))))
-    actions = np.concatenate(actions)
     if len(delta_dims):
-        actions = dataset.chunks(horizon, delta_dims).reshape(-1, actions.shape[-1])
+        actions = dataset.chunks(horizon, delta_dims).reshape(-1, len(dataset.action_names))
+    else:
+        actions = np.concatenate(actions)
     stats = {"state": NormStats.from_data(np.concatenate(states)), "actions": NormStats.from_data(actions)}
     if save:
         save_norm_stats(dataset.root / NORM_STATS_FILE, stats)
@@ -370,11 +371,12 @@ def ensure_norm_stats(dataset: EpisodeDataset, horizon: int = 1, delta_dims: Seq
     return dataset.norm_stats() or compute_norm_stats(dataset, save=True)
 
 
-def ensure_fast_tokenizer(dataset: EpisodeDataset, horizon: int, vocab_size: int,
-                          delta_dims: Sequence[int] = ()) -> FASTTokenizer:
+def ensure_fast_tokenizer(dataset: EpisodeDataset, horizon: int, vocab_size: int, delta_dims: Sequence[int] = (),
+                          norm_stats: Mapping[str, NormStats] | None = None) -> FASTTokenizer:
     """DIR/fast_tokenizer/ when it was fitted for this horizon, vocabulary size, delta dims and
-    the current norm stats; otherwise fitted now (on the normalized chunks) and written there."""
-    stats = ensure_norm_stats(dataset, horizon, delta_dims)
+    norm stats; otherwise fitted now (on the normalized chunks) and written there.
+    norm_stats: the stats the chunks are normalized with (default: ensure_norm_stats's)."""
+    stats = norm_stats or ensure_norm_stats(dataset, horizon, delta_dims)
     fit_path = dataset.root / FAST_DIR / FAST_FIT_FILE
     wanted = {"horizon": int(horizon), "vocab_size": int(vocab_size), "actions_q01": stats["actions"].q01.tolist(),
               "actions_q99": stats["actions"].q99.tolist()}

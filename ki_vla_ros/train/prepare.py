@@ -80,14 +80,15 @@ def prepare_run(data_dir, config: TrainConfig, *, init: str = "tiny", vlm_data=N
     dataset.check_delta_dims(delta)
     if not (resumed and model.norm_stats):
         if ctx.is_main:
-            ensure_norm_stats(dataset, c.action_horizon, delta)
+            ensure_norm_stats(dataset)  # the dataset's own (absolute) stats file, written once
         barrier(ctx)
         model.norm_stats = ensure_norm_stats(dataset, c.action_horizon, delta)
     if config.recipe != "pi0" and not (resumed and model.fast_tokenizer is not None):
         if ctx.is_main:
-            ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size, delta)
+            ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size, delta, model.norm_stats)
         barrier(ctx)
-        model.fast_tokenizer = ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size, delta)
+        model.fast_tokenizer = ensure_fast_tokenizer(dataset, c.action_horizon, c.fast_vocab_size, delta,
+                                                     model.norm_stats)
         _check_fast_lengths(model, dataset)
 
     action_sampler = None

@@ -117,15 +117,24 @@ def demo_checkpoint_kwargs(args) -> dict:
         if not sep or not value.lstrip("-").isdigit():
             raise SystemExit(f"--model {item!r}: expected FIELD=INTEGER, e.g. image_size=64")
         overrides[field] = int(value)
-    size = {field: getattr(args, flag[2:].replace("-", "_")) for field, (flag, _, _) in SIZE_OPTIONS.items()}
-    size = {field: value for field, value in size.items() if value is not None}
-    dagger = {field: getattr(args, flag[2:].replace("-", "_")) for field, (flag, _, _) in DAGGER_OPTIONS.items()}
-    dagger = {field: value for field, value in dagger.items() if value is not None}
+    size, dagger = _given(args, SIZE_OPTIONS), _given(args, DAGGER_OPTIONS)
     return {"steps": args.steps, "time_budget_s": args.time_budget_s, "device": args.device, "recipe": args.recipe,
             "snapshot_dir": args.snapshot_dir, "vlm_scenes": args.vlm_scenes,
             "point_questions": args.point_questions,
             "size_overrides": size, "model_overrides": overrides, "dagger_overrides": dagger,
             "dagger_from": args.dagger_from}
+
+
+def _given(args, options: dict) -> dict:
+    """{field: value} of the options table's flags given on the command line."""
+    values = {field: getattr(args, flag[2:].replace("-", "_")) for field, (flag, _, _) in options.items()}
+    return {field: value for field, value in values.items() if value is not None}
+
+
+def changed_flags(settings, defaults, options: dict) -> list[str]:
+    """The options table's flags for the fields where settings differ from defaults."""
+    return [format_option(flag, getattr(settings, field)) for field, (flag, _, _) in options.items()
+            if getattr(settings, field) != getattr(defaults, field)]
 
 
 def run_claims(size: str, out_dir: Path, robot: str = "single_arm") -> int:

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ki_vla_ros.model.checkpoint import CONFIG_FILE
+from ki_vla_ros.model.config import KIVLAConfig
 from ki_vla_ros.model.inference import Predictor
 from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.runtime.config import load_robot_config
@@ -43,7 +45,7 @@ from ki_vla_ros.runtime.model_loading import DEMO_CHECKPOINT_DIR
 from ki_vla_ros.sim.tasks import start_reach_episode
 from ki_vla_ros.train.experiment import evaluation as ev
 from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler, TextSampler
-from ki_vla_ros.train.experiment.commands import DAGGER_OPTIONS, DEMO_VLM_SCENES, SIZE_OPTIONS, format_option
+from ki_vla_ros.train.experiment.commands import DAGGER_OPTIONS, DEMO_VLM_SCENES, SIZE_OPTIONS, changed_flags
 from ki_vla_ros.train.experiment.fitting import FitConfig, fit
 from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
 from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, POINT_KIND,
@@ -240,7 +242,7 @@ def dagger(checkpoint_dir, out_dir, settings: DaggerSettings, size: StudySize = 
     VLM scenes (default: generated again from size and vlm_scenes, as make_demo_checkpoint does).
     snapshot_dir: also keep each round's checkpoint there (round_1, ...)."""
     config = load_robot_config(robot)
-    image_size = Predictor.from_pretrained(str(checkpoint_dir), device="cpu").config.image_size
+    image_size = KIVLAConfig.load(Path(checkpoint_dir) / CONFIG_FILE).image_size
     if demos is None:
         demos = generate_reach_data(config, range(size.train_episodes), image_size,
                                     action_noise_rad=size.demo_action_noise_rad)
@@ -252,13 +254,14 @@ def dagger(checkpoint_dir, out_dir, settings: DaggerSettings, size: StudySize = 
             t0 = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(r)
-                predictor = Predictor.from_pretrained(str(current), device="cpu", dtype="float32")
+                # Rolled out on the CPU in float32, as the demo runs it; then trained on `device`.
+                model = KIVLA.from_pretrained(str(current), device="cpu", dtype=torch.float32)
                 recovery = generate_reach_data(config, range(size.train_episodes), image_size,
-                                               lead_in=policy_lead_in(predictor, r, settings.max_lead_steps))
+                                               lead_in=policy_lead_in(Predictor(model), r, settings.max_lead_steps))
             aggregate = aggregate.extended(recovery)
             log(f"[dagger] round {r + 1}/{settings.rounds}: {recovery.num_episodes} policy-led episodes "
                 f"({time.perf_counter() - t0:.0f} s), {aggregate.num_episodes} in the aggregate")
-            model = KIVLA.from_pretrained(str(current), device=device, dtype=torch.float32)
+            model.to(device)
             sampler = cotraining_sampler(model, aggregate, text_data, size, point_questions)
             history = fit(model, sampler, demo_fit_config(size, recipe, settings.steps, device, settings.lr_scale,
                                                           seed=DEMO_SEED + 1 + r))
@@ -298,14 +301,8 @@ def reproduce_command(size: StudySize, model_overrides: dict | None, dagger_sett
         parts.append(f"--vlm-scenes {vlm_scenes}")
     if not point_questions:
         parts.append("--no-point-questions")
-    for field, (flag, _, _) in SIZE_OPTIONS.items():
-        value = getattr(size, field)
-        if value != getattr(DEMO_SIZE, field):
-            parts.append(format_option(flag, value))
-    for field, (flag, _, _) in DAGGER_OPTIONS.items():
-        value = getattr(dagger_settings or DEMO_DAGGER, field)
-        if value != getattr(DEMO_DAGGER, field):
-            parts.append(format_option(flag, value))
+    parts += changed_flags(size, DEMO_SIZE, SIZE_OPTIONS)
+    parts += changed_flags(dagger_settings or DEMO_DAGGER, DEMO_DAGGER, DAGGER_OPTIONS)
     parts += [f"--model {k}={v}" for k, v in sorted((model_overrides or {}).items())]
     return " ".join(parts)
 

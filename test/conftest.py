@@ -21,6 +21,8 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # 2-core machine, and oversubscribed OpenMP threads make tiny models many times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+# The same DDS transports as `ki-vla bringup` (shared memory large enough for camera images).
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_localhost.xml"))
 # ament_index_python needs the install prefix; in the venv route that is the venv itself.
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 

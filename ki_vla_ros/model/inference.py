@@ -156,6 +156,12 @@ class Predictor:
             ids = self.model.generate_text(inputs.to(self.model.device), max_new_tokens)[0]
         return self.model.text_tokenizer.decode(ids).strip()
 
+    def prompt_tokens(self, task: str) -> tuple[int, int]:
+        """(tokens the action prompt for `task` takes at most, max_token_len): the state text is
+        counted at its longest (every bin three digits), so a task that fits here always fits."""
+        widest_state = format_prompt(task, np.full(self.state_dim, self.config.state_bins - 1))
+        return len(self.model.text_tokenizer.encode(widest_state, add_bos=True)), self.config.max_token_len
+
     def warmup(self) -> None:
         """Run each path once so the first real call does not pay for lazy initialization."""
         s = self.config.image_size

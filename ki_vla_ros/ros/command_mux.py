@@ -17,6 +17,7 @@ import sys
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
@@ -25,11 +26,14 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.runtime.chunking import chunk_period_warning
 from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TwistCommand
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.runtime.mux import CommandMux, CommandSource, MuxMode
 from ki_vla_ros.runtime.topics import MODE_TOPIC
 
+# How long a stopping mux waits for the controllers to acknowledge its hold commands.
+EXIT_ACK_TIMEOUT_S = 1.0
 
 
 class CommandMuxNode(Node):
@@ -68,6 +72,9 @@ class CommandMuxNode(Node):
         self.create_timer(1.0 / self.config.control_rate_hz, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self._publish_mode()
+        warning = chunk_period_warning(self.config)
+        if warning:
+            self.get_logger().warning(warning)
         self.get_logger().info(f"mode {self.mux.mode.value}; groups "
                                f"{[g.name for g in self.config.action_groups]}")
 
@@ -98,6 +105,21 @@ class CommandMuxNode(Node):
             self.get_logger().info(f"hold '{hold.group}': {hold.reason}", throttle_duration_sec=2.0)
             self._publish(hold.command)
 
+    def prepare_to_exit(self) -> None:
+        """On a stop request (node_main calls this while the context is valid): switch to hold,
+        send every group that was moving a hold at its measured position, and wait until the
+        controllers have acknowledged it, so that the robot holds before this process exits
+        instead of running out the last trajectory."""
+        now_s = self.now_s()
+        self.mux.switch(MuxMode.HOLD, now_s)
+        holds = self.mux.tick(now_s)
+        for hold in holds:
+            self.get_logger().info(f"stopping: hold '{hold.group}': {hold.reason}")
+            self._publish(hold.command)
+        self._publish_mode()
+        for publisher in self.outputs.values():
+            publisher.wait_for_all_acked(Duration(seconds=EXIT_ACK_TIMEOUT_S))
+
     def _on_switch(self, mode: MuxMode, response: Trigger.Response) -> Trigger.Response:
         response.success, response.message = self.mux.switch(mode, self.now_s())
         self.get_logger().info(f"switch to {mode.value}: {response.message}")
@@ -114,8 +136,10 @@ class CommandMuxNode(Node):
         diag.level = DiagnosticStatus.OK if not holding or status.mode is MuxMode.HOLD else DiagnosticStatus.WARN
         diag.message = f"mode {status.mode.value}" + (
             f"; holding {', '.join(g.group for g in holding)}: {holding[0].reason}" if holding else "")
-        values = {"mode": status.mode.value, **{k: getattr(status.counters, k)
-                                               for k in status.counters.__dataclass_fields__}}
+        values = {"mode": status.mode.value,
+                  **{k: getattr(status.counters, k) for k in status.counters.__dataclass_fields__},
+                  "holding_s": f"{max((g.holding_s for g in status.groups), default=0.0):.2f}",
+                  **{f"holding_s.{g.group}": f"{g.holding_s:.2f}" for g in status.groups}}
         diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

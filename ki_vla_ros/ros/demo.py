@@ -10,7 +10,12 @@ CONFIG --sim` would. An observer node in this process then:
    hold-still teleop commands at the measured pose), then back to policy, which must
    hand off bumplessly,
 4. prints what it saw: chunks, latencies, commands, mode switches, hand-off step size,
-   distance of the gripper to the named block.
+   the mux's holds and time spent holding, the planner's subtasks and whether the policy's
+   chunks followed them, distance of the gripper to the named block.
+
+It fails (exit status 1) when a node exits early (naming it and how), when no chunk or
+command appears, and, for a config with the planner, when the planner publishes no subtask
+or no chunk is conditioned on one.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +55,8 @@ class DemoObserver:
 
         self.node, self.config = node, config
         self.chunks, self.inference_ms, self.commands = 0, [], 0
-        self.modes, self.subtasks, self.status, self.policy_diag = [], [], {}, {}
+        self.modes, self.subtasks, self.status, self.policy_diag, self.mux_diag = [], [], {}, {}, {}
+        self.chunk_instructions: dict[str, int] = {}
         self.joint_positions: dict[str, float] = {}
         # (receive time, joint names, positions of every point, measured joints at receipt)
         self.outputs: list[tuple[float, tuple[str, ...], np.ndarray, dict[str, float]]] = []
@@ -75,6 +80,7 @@ class DemoObserver:
 
     def _on_chunk(self, msg) -> None:
         self.chunks += 1
+        self.chunk_instructions[msg.instruction] = self.chunk_instructions.get(msg.instruction, 0) + 1
         self.inference_ms.append((msg.inference_latency.sec + msg.inference_latency.nanosec * 1e-9) * 1e3)
 
     def _on_status(self, msg) -> None:
@@ -86,6 +92,8 @@ class DemoObserver:
         for status in msg.status:
             if status.name.endswith(": policy"):
                 self.policy_diag = {kv.key: kv.value for kv in status.values}
+            elif status.name.endswith(": mux"):
+                self.mux_diag = {kv.key: kv.value for kv in status.values}
 
     def _on_joint_state(self, msg) -> None:
         self.joint_positions.update(zip(msg.name, msg.position))
@@ -140,7 +148,8 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
-    from ki_vla_ros.ros.bringup import Graph
+    from ki_vla_ros.ros.bringup import Graph, describe_exit
+    from ki_vla_ros.ros.dds import PROFILE_VARIABLE, graph_environment
     from ki_vla_ros.ros.graph import GraphTimeout
     from ki_vla_ros.ros.graph_spec import graph_nodes
     from ki_vla_ros.runtime.config import load_robot_config
@@ -151,8 +160,10 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
     weights = describe_checkpoint(checkpoint)
     domain_id = domain_id if domain_id is not None else random.randint(101, 200)
     log_dir = Path(tempfile.mkdtemp(prefix="ki_vla_demo_"))
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               RCUTILS_LOGGING_DIRECTORY=str(log_dir))
+    env = graph_environment(dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                                 RCUTILS_LOGGING_DIRECTORY=str(log_dir)))
+    if PROFILE_VARIABLE in env:  # the observer in this process uses the same transports
+        os.environ.setdefault(PROFILE_VARIABLE, env[PROFILE_VARIABLE])
     specs = graph_nodes(config_name, sim=True, checkpoint=checkpoint)
     print(f"[demo] config {config_name}: {', '.join(s.name for s in specs)} on ROS_DOMAIN_ID={domain_id} "
           f"(localhost only); model: {weights}")
@@ -165,11 +176,16 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
     executor.add_node(node)
     observer = DemoObserver(node, config)
 
+    def check_nodes():
+        exited = graph.exited()
+        if exited:
+            raise RuntimeError("node exited early: " + ", ".join(f"{n} {describe_exit(c)}" for n, c in exited.items())
+                               + f"; see logs in {log_dir}")
+
     def spin(condition, timeout_s, what):
         deadline = time.monotonic() + timeout_s
         while not condition():
-            if graph.exited():
-                raise RuntimeError(f"a node exited early: {graph.exited()}; see logs in {log_dir}")
+            check_nodes()
             if time.monotonic() > deadline:
                 raise GraphTimeout(f"timed out after {timeout_s:.0f} s waiting for {what}")
             executor.spin_once(timeout_sec=0.05)
@@ -177,8 +193,7 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
     def spin_for(seconds, every=None):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            if graph.exited():
-                raise RuntimeError(f"a node exited early: {graph.exited()}; see logs in {log_dir}")
+            check_nodes()
             if every:
                 every()
             executor.spin_once(timeout_sec=0.05)
@@ -227,11 +242,16 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
         "max_step_rad_allowed": config.mux.max_step_rad,
         "policy_state": diag.get("state"),
         "policy_holds": _float(diag.get("holds")),
+        "mux_holds_sent": _float(observer.mux_diag.get("holds_sent")),
+        "mux_timeouts": _float(observer.mux_diag.get("timeouts")),
+        "mux_holding_s": _float(observer.mux_diag.get("holding_s")),
         "observation_errors": _float(diag.get("observation_errors")),
         "target": observer.status.get("target"),
         "target_distance_m_start": observer.start_distance_m,
         "target_distance_m_end": observer.status.get("target_distance_m"),
         "subtasks_seen": sorted(set(observer.subtasks))[:5],
+        "chunks_following_a_subtask": sum(n for text, n in observer.chunk_instructions.items()
+                                          if text in set(observer.subtasks)),
         "node_exit_codes": exit_codes,
     }
     _print_summary(summary)
@@ -240,6 +260,13 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
         print(f"[demo] summary written to {summary_json}")
     if code == 0 and (observer.chunks == 0 or observer.commands == 0):
         print("[demo] FAILED: the graph produced no chunks or no commands")
+        code = 1
+    if code == 0 and config.planner.enabled and not observer.subtasks:
+        print(f"[demo] FAILED: the planner is enabled but published no subtask for the task {TASK!r}")
+        code = 1
+    if code == 0 and config.planner.enabled and not summary["chunks_following_a_subtask"]:
+        print(f"[demo] FAILED: the planner published {sorted(set(observer.subtasks))[:3]} but no action chunk "
+              f"was conditioned on a subtask (chunk instructions: {sorted(observer.chunk_instructions)[:3]})")
         code = 1
     return code
 

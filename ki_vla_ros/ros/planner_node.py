@@ -29,7 +29,7 @@ from ki_vla_ros.ros import conversions as conv
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
-from ki_vla_ros.runtime.subtask_filter import SubtaskFilter
+from ki_vla_ros.runtime.subtask_filter import SubtaskFilter, SubtaskOutcome
 from ki_vla_ros.runtime.topics import SUBTASK_TOPIC, TASK_TOPIC
 
 
@@ -88,11 +88,14 @@ class PlannerNode(Node):
         if not task or not images:
             return
         now = self.now_s()
-        fresh = {n: img for n, (stamp, img) in images.items() if now - stamp <= self.config.sync.max_age_s}
+        max_age_s = self.config.planner.max_image_age_s
+        fresh = {n: img for n, (stamp, img) in images.items() if now - stamp <= max_age_s}
         if len(fresh) < len(self.config.cameras):
-            self.get_logger().warning(f"planner: cameras with images newer than sync.max_age_s: "
-                                      f"{sorted(fresh)} of {[c.name for c in self.config.cameras]}; "
-                                      "not planning", throttle_duration_sec=2.0)
+            ages = {n: f"{now - stamp:.2f} s" for n, (stamp, _) in images.items()}
+            self.get_logger().warning(f"planner: not planning: cameras without an image newer than "
+                                      f"planner.max_image_age_s = {max_age_s} s: "
+                                      f"{sorted(set(c.name for c in self.config.cameras) - set(fresh))} "
+                                      f"(latest image ages: {ages})", throttle_duration_sec=2.0)
             return
         slots = [None] * self.predictor.num_cameras
         for camera in self.config.cameras:
@@ -105,6 +108,9 @@ class PlannerNode(Node):
         decision = self.filter.offer(candidate)
         if decision.published:
             self.get_logger().info(f"subtask #{decision.sequence}: {decision.subtask!r} ({decision.reason})")
+        elif decision.outcome is SubtaskOutcome.IGNORED:
+            self.get_logger().warning(f"planner: decoded subtask ignored: {decision.reason}",
+                                      throttle_duration_sec=5.0)
         if decision.sequence == 0:
             return
         msg = Subtask(task=task, subtask=decision.subtask, sequence=decision.sequence,

@@ -1,9 +1,24 @@
 """policy_node: synchronized cameras + joint states -> action chunks -> trajectory commands.
 
 A managed (lifecycle) node. configure: read the robot config, load and warm up the model,
-create subscriptions and publishers. activate: start acting. deactivate: stop, and freeze
-every group at its currently commanded position (see _hold). With the `autostart` parameter (default true) the node configures and
-activates itself.
+create subscriptions and (lifecycle) publishers. activate: start acting. deactivate: stop,
+and freeze every group at its currently commanded position (see _hold). cleanup: release
+everything configure created, so configure can run again. With the `autostart` parameter
+(default true) the node configures and activates itself; if that configure fails, the
+process reports ERROR on /diagnostics and exits with status 3 (bringup then stops the graph
+with the robot holding).
+
+/diagnostics (1 Hz) is OK only while the node is commanding; whenever it is not, the level
+is WARN (inactive, waiting) or ERROR (configure failed, rejected instruction, an input at
+fault), and the message names the cause: runtime.input_health picks the root-cause input
+(a bad image is reported as that camera, not as the joint states it made stale).
+
+Instructions (/ki_vla/instruction, or the planner's /ki_vla/subtask) are checked when they
+arrive (runtime.instruction): an empty one or one over the model's prompt budget is
+rejected with an ERROR diagnostic, and the node holds until a usable one arrives.
+
+On a stop request (node_main calls prepare_to_exit) the node stops its inference thread and
+holds before the process exits.
 
 Everything between messages and commands happens in runtime.PolicyLoop (the same code
 the rosbag evaluator runs); this file only moves data between ROS and that loop.
@@ -19,13 +34,14 @@ from collections import deque
 from dataclasses import replace
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.duration import Duration
+from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
@@ -33,16 +49,23 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla_ros.msg import ActionChunk as ActionChunkMsg
 from ki_vla_ros.msg import Subtask
 from ki_vla_ros.ros import conversions as conv
-from ki_vla_ros.runtime.chunking import Trajectory
+from ki_vla_ros.runtime.chunking import Trajectory, chunk_period_warning
 from ki_vla_ros.runtime.commands import joint_trajectory_commands
-from ki_vla_ros.runtime.config import ConfigError, RobotConfig, load_robot_config
+from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
+from ki_vla_ros.runtime.input_health import InputHealth
+from ki_vla_ros.runtime.instruction import InstructionError, check_instruction, shorten
 from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
 from ki_vla_ros.runtime.policy import Policy, PolicyError
-from ki_vla_ros.runtime.policy_loop import JOINT_STATES, ODOM, PolicyLoop, joint_state_payload
+from ki_vla_ros.runtime.policy_loop import (JOINT_STATES, ODOM, PolicyLoop, joint_state_payload, joint_state_problem,
+                                            sync_inputs)
 from ki_vla_ros.runtime.sync import SyncStatus
 from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUBTASK_TOPIC
 
+# Exit status of the process when the autostart configure fails.
+CONFIGURE_FAILED_EXIT = 3
+# How long a stopping node waits for its hold commands to be acknowledged.
+EXIT_ACK_TIMEOUT_S = 1.0
 
 
 def percentile_ms(values, q: float) -> float:
@@ -79,6 +102,16 @@ class PolicyNode(LifecycleNode):
         self.callback_ms: dict[str, deque[float]] = {}
         self.act_overhead_ms: deque[float] = deque(maxlen=5000)
         self.state = "unconfigured"
+        self.configure_error = ""
+        self.instruction_error = ""
+        self.health: InputHealth | None = None
+        self.last_command_s: float | None = None  # node clock, last trajectory or twist sent
+        self._interfaces: list = []  # what configure created and cleanup destroys
+        self.trajectory_pubs: dict = {}
+        self.twist_pub = None
+        # Diagnostics outlive the lifecycle: a failed configure must still be reported.
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+        self.create_timer(1.0, self._publish_diagnostics)
         if self.get_parameter("autostart").value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
@@ -97,10 +130,19 @@ class PolicyNode(LifecycleNode):
             predictor.warmup()
             self.get_logger().info(f"model ready on {predictor.device}, {threads} CPU thread(s) (warm-up "
                                    f"{(time.perf_counter() - t0) * 1e3:.0f} ms); robot '{self.config.name}'")
-        except (ConfigError, PolicyError, FileNotFoundError, ValueError) as error:
-            self.get_logger().error(f"configure failed: {error}")
+            warm_inference_s = _time_one_chunk(predictor)
+        except Exception as error:  # any reason the model cannot run is a configure failure
+            self.configure_error = f"configure failed: {error}"
+            self.get_logger().error(self.configure_error)
+            self._publish_diagnostics()
             return TransitionCallbackReturn.FAILURE
+        self.configure_error = ""
         self.loop = PolicyLoop(self.config, self.policy)
+        self.health = InputHealth(self._input_topics(), self.config.sync.max_age_s,
+                                  silent_after_s=max(1.0, 2.0 * self.config.sync.max_age_s))
+        warning = chunk_period_warning(self.config, warm_inference_s)
+        if warning:
+            self.get_logger().warning(warning)
         self._create_interfaces()
         self._stop.clear()
         self._worker = threading.Thread(target=self._run_worker, name="policy_inference", daemon=True)
@@ -111,6 +153,8 @@ class PolicyNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active.set()
         self.state = "waiting"
+        self.health.start(self.now_s())
+        self.last_command_s = None
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -121,11 +165,26 @@ class PolicyNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._shutdown_worker()
+        self._destroy_interfaces()
+        self.loop = self.policy = self.health = None
+        self.state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._shutdown_worker()
         return TransitionCallbackReturn.SUCCESS
+
+    def prepare_to_exit(self) -> None:
+        """A stop request (node_main, context still valid): stop inferring, hold, and wait until
+        the hold is delivered. The mux then holds too when it stops."""
+        was_active = self._active.is_set()
+        self._active.clear()
+        self._shutdown_worker()
+        if was_active and self.loop is not None:
+            self._hold("node stopping")
+            for publisher in [*self.trajectory_pubs.values(), self.twist_pub]:
+                if publisher is not None:
+                    publisher.wait_for_all_acked(Duration(seconds=EXIT_ACK_TIMEOUT_S))
 
     def destroy_node(self) -> None:
         self._shutdown_worker()
@@ -139,28 +198,50 @@ class PolicyNode(LifecycleNode):
             self._worker = None
 
     # ------------------------------------------------------------ interfaces
-    def _create_interfaces(self) -> None:
+    def _input_topics(self) -> dict[str, str]:
         c = self.config
+        topics = {cam.name: cam.topic for cam in c.cameras}
+        topics[JOINT_STATES] = c.joint_states_topic
+        if ODOM in sync_inputs(c):
+            topics[ODOM] = c.odom_topic
+        return topics
+
+    def _create_interfaces(self) -> None:
+        """Subscriptions, lifecycle publishers and timers; each kept for cleanup to destroy."""
+        c = self.config
+        keep = self._interfaces.append
         for camera in c.cameras:
             msg_type = Image if camera.message_type == "raw" else CompressedImage
-            self.create_subscription(msg_type, camera.topic,
-                                     lambda msg, name=camera.name: self._on_image(name, msg),
-                                     qos_profile_sensor_data)
-        self.create_subscription(JointState, c.joint_states_topic, self._on_joint_state,
-                                 qos_profile_sensor_data)
-        if c.odom_topic and c.base_group is not None:
-            self.create_subscription(Odometry, c.odom_topic, self._on_odom, qos_profile_sensor_data)
-        self.create_subscription(String, INSTRUCTION_TOPIC, lambda m: self._set_prompt(m.data), 10)
-        self.create_subscription(Subtask, SUBTASK_TOPIC, lambda m: self._set_prompt(m.subtask), 10)
-        self.chunk_pub = self.create_publisher(ActionChunkMsg, ACTION_CHUNK_TOPIC, 10)
-        self.trajectory_pubs = {g.name: self.create_publisher(JointTrajectory, g.policy_topic, 10)
+            keep(self.create_subscription(msg_type, camera.topic,
+                                          lambda msg, name=camera.name: self._on_image(name, msg),
+                                          qos_profile_sensor_data))
+        keep(self.create_subscription(JointState, c.joint_states_topic, self._on_joint_state,
+                                      qos_profile_sensor_data))
+        if ODOM in sync_inputs(c):
+            keep(self.create_subscription(Odometry, c.odom_topic, self._on_odom, qos_profile_sensor_data))
+        keep(self.create_subscription(String, INSTRUCTION_TOPIC, lambda m: self._set_prompt(m.data), 10))
+        keep(self.create_subscription(Subtask, SUBTASK_TOPIC, lambda m: self._set_prompt(m.subtask), 10))
+        self.chunk_pub = self.create_lifecycle_publisher(ActionChunkMsg, ACTION_CHUNK_TOPIC, 10)
+        keep(self.chunk_pub)
+        self.trajectory_pubs = {g.name: self.create_lifecycle_publisher(JointTrajectory, g.policy_topic, 10)
                                 for g in c.action_groups if g.kind == "joint_trajectory"}
+        self._interfaces.extend(self.trajectory_pubs.values())
         self.twist_pub = None
         if c.base_group is not None:
-            self.twist_pub = self.create_publisher(Twist, c.base_group.policy_topic, 10)
-            self.create_timer(1.0 / c.control_rate_hz, self._stream_twist)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
-        self.create_timer(1.0, self._publish_diagnostics)
+            self.twist_pub = self.create_lifecycle_publisher(Twist, c.base_group.policy_topic, 10)
+            keep(self.twist_pub)
+            keep(self.create_timer(1.0 / c.control_rate_hz, self._stream_twist))
+
+    def _destroy_interfaces(self) -> None:
+        for entity in self._interfaces:
+            if isinstance(entity, Timer):
+                self.destroy_timer(entity)
+            elif isinstance(entity, LifecyclePublisher):
+                self.destroy_lifecycle_publisher(entity)
+            else:
+                self.destroy_subscription(entity)
+        self._interfaces.clear()
+        self.trajectory_pubs, self.twist_pub = {}, None
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -180,32 +261,51 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg) -> None:
         t0 = time.perf_counter()
+        stamp_s = conv.time_to_s(msg.header.stamp)
+        self.health.arrived(camera, stamp_s, self.now_s())
         try:
             image = conv.image_to_rgb(msg, camera)
         except ObservationError as error:
             self.loop.record_error(str(error), source=camera)
+            self.health.bad(camera, str(error), self.now_s())
             self._report(str(error))
             return
-        self._add(camera, conv.time_to_s(msg.header.stamp), image)
+        self.health.good(camera)
+        self._add(camera, stamp_s, image)
         self._record_callback(camera, t0)
 
     def _on_joint_state(self, msg: JointState) -> None:
         t0 = time.perf_counter()
-        if len(msg.position) != len(msg.name):
-            self._report(f"joint state has {len(msg.name)} names but {len(msg.position)} positions; ignored")
+        stamp_s = conv.time_to_s(msg.header.stamp)
+        self.health.arrived(JOINT_STATES, stamp_s, self.now_s())
+        problem = joint_state_problem(msg.name, msg.position, self.config.joints)
+        if problem:
+            self.health.bad(JOINT_STATES, problem, self.now_s())
+            self._report(f"joint state ignored: {problem}")
             return
-        self._add(JOINT_STATES, conv.time_to_s(msg.header.stamp), joint_state_payload(msg.name, msg.position))
+        self.health.good(JOINT_STATES)
+        self._add(JOINT_STATES, stamp_s, joint_state_payload(msg.name, msg.position))
         self._record_callback(JOINT_STATES, t0)
 
     def _on_odom(self, msg: Odometry) -> None:
+        stamp_s = conv.time_to_s(msg.header.stamp)
+        self.health.arrived(ODOM, stamp_s, self.now_s())
         twist = msg.twist.twist
-        self._add(ODOM, conv.time_to_s(msg.header.stamp),
-                  {"vx": twist.linear.x, "vy": twist.linear.y, "wz": twist.angular.z})
+        self._add(ODOM, stamp_s, {"vx": twist.linear.x, "vy": twist.linear.y, "wz": twist.angular.z})
 
     def _set_prompt(self, text: str) -> None:
-        if text.strip() and text.strip() != self.loop.instruction:
-            self.get_logger().info(f"prompt: {text.strip()!r}")
-        self.loop.set_instruction(text)
+        try:
+            task = check_instruction(text, self.policy.predictor)
+        except InstructionError as error:
+            if not self.instruction_error:
+                self.get_logger().error(f"instruction rejected, holding until a usable one arrives: {error}")
+            self.instruction_error = str(error)
+            self.loop.set_instruction("")
+            return
+        if task != self.loop.instruction or self.instruction_error:
+            self.get_logger().info(f"prompt: '{shorten(task)}'")
+        self.instruction_error = ""
+        self.loop.set_instruction(task)
 
     # ----------------------------------------------------------------- acting
     def _run_worker(self) -> None:
@@ -222,6 +322,9 @@ class PolicyNode(LifecycleNode):
                 self._hold(f"unexpected error: {error!r}")
 
     def _act_once(self) -> None:
+        if self.instruction_error:
+            self._hold(f"instruction rejected: {self.instruction_error}")
+            return
         t0 = time.perf_counter()
         try:
             observation = self.loop.take_observation(self.now_s())
@@ -249,6 +352,7 @@ class PolicyNode(LifecycleNode):
             for command in execution.commands:
                 self.trajectory_pubs[command.group].publish(conv.joint_trajectory_msg(command))
                 self.commands_published += 1
+            self.last_command_s = self.now_s()
             self.obs_to_command_ms.append((self.now_s() - observation.stamp_s) * 1e3)
             self.act_overhead_ms.append((time.perf_counter() - t0) * 1e3 - chunk.timings.inference_ms)
             self.state = "running"
@@ -260,6 +364,7 @@ class PolicyNode(LifecycleNode):
         if command is not None:
             self.twist_pub.publish(conv.twist_msg(command))
             self.commands_published += 1
+            self.last_command_s = self.now_s()
 
     def _hold(self, reason: str) -> None:
         """Stop the policy's motion: freeze every group where the running chunk has it now.
@@ -285,38 +390,68 @@ class PolicyNode(LifecycleNode):
             self.twist_pub.publish(Twist())
 
     # ------------------------------------------------------------ diagnostics
+    def diagnosis(self) -> tuple[int, str]:
+        """(level, message): OK only while commanding; otherwise why not, naming the cause."""
+        if self.configure_error:
+            return DiagnosticStatus.ERROR, self.configure_error
+        if self.loop is None:
+            return DiagnosticStatus.WARN, "unconfigured: not commanding"
+        if not self._active.is_set():
+            return DiagnosticStatus.WARN, "inactive: not commanding (activate to run)"
+        if self.instruction_error:
+            return DiagnosticStatus.ERROR, f"holding: instruction rejected: {self.instruction_error}"
+        now_s = self.now_s()
+        window_s = self.config.mux.policy_timeout_s
+        if self.last_command_s is not None and now_s - self.last_command_s <= window_s:
+            return DiagnosticStatus.OK, self.state
+        idle = ("no command yet" if self.last_command_s is None
+                else f"no command for {now_s - self.last_command_s:.1f} s")
+        fault = self.health.fault(now_s)
+        if fault:
+            return DiagnosticStatus.ERROR, f"not commanding ({idle}): {fault}"
+        cause = self.loop.counters.last_error or "waiting for a synchronized observation"
+        return DiagnosticStatus.WARN, f"not commanding ({idle}): {cause}"
+
     def _publish_diagnostics(self) -> None:
-        counters = self.loop.counters
-        rate = 0.0
-        if len(self.chunk_times_s) >= 2:
-            rate = (len(self.chunk_times_s) - 1) / max(self.chunk_times_s[-1] - self.chunk_times_s[0], 1e-9)
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: policy"
-        status.hardware_id = self.config.name
-        ok = self.state in ("running", "waiting", "ok", "clipped")
-        status.level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
-        status.message = self.state if ok or not counters.last_error else f"{self.state}: {counters.last_error}"
-        values = {
-            "state": self.state,
-            "instruction": self.loop.instruction,
-            "chunks": counters.chunks,
-            "chunk_rate_hz": f"{rate:.2f}",
-            "holds": counters.holds,
-            "observation_errors": counters.observation_errors,
-            "last_error": counters.last_error,
-            "inference_ms_p50": f"{percentile_ms(self.inference_ms, 50):.2f}",
-            "inference_ms_p99": f"{percentile_ms(self.inference_ms, 99):.2f}",
-            "obs_to_command_ms_p50": f"{percentile_ms(self.obs_to_command_ms, 50):.2f}",
-            "obs_to_command_ms_p99": f"{percentile_ms(self.obs_to_command_ms, 99):.2f}",
-            "commands_published": self.commands_published,
-            "sync": str(counters.sync_results),
-            **{f"error.{source}": message for source, message in sorted(counters.errors.items())},
-        }
+        status.hardware_id = self.config.name if self.config else ""
+        status.level, status.message = self.diagnosis()
+        values = {"state": self.state}
+        if self.loop is not None:
+            counters = self.loop.counters
+            rate = 0.0
+            if len(self.chunk_times_s) >= 2:
+                rate = (len(self.chunk_times_s) - 1) / max(self.chunk_times_s[-1] - self.chunk_times_s[0], 1e-9)
+            values.update({
+                "instruction": shorten(self.loop.instruction),
+                "chunks": counters.chunks,
+                "chunk_rate_hz": f"{rate:.2f}",
+                "holds": counters.holds,
+                "observation_errors": counters.observation_errors,
+                "last_error": shorten(counters.last_error, 300),
+                "inference_ms_p50": f"{percentile_ms(self.inference_ms, 50):.2f}",
+                "inference_ms_p99": f"{percentile_ms(self.inference_ms, 99):.2f}",
+                "obs_to_command_ms_p50": f"{percentile_ms(self.obs_to_command_ms, 50):.2f}",
+                "obs_to_command_ms_p99": f"{percentile_ms(self.obs_to_command_ms, 99):.2f}",
+                "commands_published": self.commands_published,
+                **{f"sync.{result}": count for result, count in sorted(counters.sync_results.items())},
+                **{f"error.{source}": shorten(message, 300) for source, message in sorted(counters.errors.items())},
+            })
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]
         self.diagnostics_pub.publish(msg)
+
+
+def _time_one_chunk(predictor) -> float:
+    """Seconds for one chunk of a warmed-up predictor on blank inputs (for the start-up check)."""
+    s = predictor.config.image_size if hasattr(predictor, "config") else 224
+    images = [np.zeros((s, s, 3), np.uint8)] * predictor.num_cameras
+    t0 = time.perf_counter()
+    predictor.predict_chunk(images, np.zeros(predictor.state_dim), "warm up")
+    return time.perf_counter() - t0
 
 
 def main(args=None) -> None:
@@ -326,9 +461,19 @@ def main(args=None) -> None:
 
 
 def build_policy_process(argv):
-    """policy_node, and with --with-planner the planner in the same process sharing one model."""
+    """policy_node, and with --with-planner the planner in the same process sharing one model.
+
+    If the autostart configure failed, the ERROR has been published on /diagnostics; wait
+    (briefly) until subscribers have it and exit with CONFIGURE_FAILED_EXIT, so that bringup
+    and the demo stop the graph and say why.
+    """
     with_planner = "--with-planner" in argv
     policy = PolicyNode()
+    if policy.configure_error:
+        policy.diagnostics_pub.wait_for_all_acked(Duration(seconds=EXIT_ACK_TIMEOUT_S))
+        sys.stderr.write(f"policy_node: {policy.configure_error}\n")
+        policy.destroy_node()
+        raise SystemExit(CONFIGURE_FAILED_EXIT)
     nodes = [policy]
     if with_planner and policy.policy is not None:
         from ki_vla_ros.ros.planner_node import PlannerNode

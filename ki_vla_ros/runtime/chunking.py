@@ -185,3 +185,23 @@ class ChunkScheduler:
             return True
         return (self.steps_executed(now_s) >= self.config.execute_steps
                 or self.steps_remaining(now_s) < self.config.min_remaining_steps)
+
+
+def chunk_period_warning(config, inference_s: float | None = None) -> str | None:
+    """Why the mux would hold between chunks with these settings, or None.
+
+    The policy publishes a trajectory per chunk. After one is published, the next request
+    comes once `execute_steps` steps have run, and its commands follow one inference later,
+    so commands can be up to execute_steps * step_duration_s + inference_s apart. If that
+    exceeds the mux's policy_timeout_s, the mux holds the robot between chunks.
+    config: a RobotConfig; inference_s: the measured time of one chunk (None: not known yet).
+    """
+    chunk, timeout_s = config.chunk, config.mux.policy_timeout_s
+    gap_s = chunk.execute_steps * chunk.step_duration_s + (inference_s or 0.0)
+    if gap_s <= timeout_s:
+        return None
+    measured = f" + inference {inference_s:.3f} s" if inference_s else ""
+    return (f"policy commands can be {gap_s:.3f} s apart (chunk.execute_steps {chunk.execute_steps} x "
+            f"step_duration_s {chunk.step_duration_s} s{measured}), longer than command_mux."
+            f"policy_timeout_s = {timeout_s} s: the mux will hold the robot between chunks; lower "
+            "execute_steps or raise policy_timeout_s")

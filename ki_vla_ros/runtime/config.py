@@ -18,7 +18,8 @@ evaluator through `load_robot_config`. So it follows the rules of ROS parameter 
     policy_node:
       ros__parameters: {chunk: {...}, sync: {...}, model: {...}, default_instruction}
     planner_node:
-      ros__parameters: {enabled, rate_hz, hysteresis_count, max_new_tokens, max_subtask_chars?}
+      ros__parameters: {enabled, rate_hz, hysteresis_count, max_new_tokens, max_subtask_chars?,
+                        max_image_age_s?}
     command_mux:
       ros__parameters: {initial_mode, teleop_timeout_s, policy_timeout_s, max_step_rad,
                         ramp_step_duration_s?, joint_state_max_age_s?}
@@ -168,6 +169,9 @@ class PlannerConfig:
     max_new_tokens: int = _doc("longest subtask in tokens")
     max_subtask_chars: int = _doc(
         "a decoded subtask longer than this is treated as garbage and ignored", default=200)
+    max_image_age_s: float = _doc(
+        "plan only on camera images at most this old; the subtask is a slow, high-level decision, so "
+        "this is looser than the policy's sync.max_age_s (s)", default=1.0)
 
 
 @dataclass(frozen=True)
@@ -568,6 +572,8 @@ def _check(config: RobotConfig, source: str) -> None:
         fail(f"{planner}.max_new_tokens", config.planner.max_new_tokens, "at least 1")
     if config.planner.max_subtask_chars < 1:
         fail(f"{planner}.max_subtask_chars", config.planner.max_subtask_chars, "at least 1")
+    if not config.planner.max_image_age_s > 0:
+        fail(f"{planner}.max_image_age_s", config.planner.max_image_age_s, "a duration > 0")
 
     mux = f"command_mux.{PARAMS_KEY}"
     for key in ("teleop_timeout_s", "policy_timeout_s", "max_step_rad", "ramp_step_duration_s",

@@ -128,6 +128,7 @@ class GroupStatus:
     holding: bool
     reason: str  # why it holds ("" while forwarding)
     silent_s: float | None  # time since the active source's last forwarded command
+    holding_s: float = 0.0  # total time held after having moved (start-up wait not counted)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,11 @@ class _GroupState:
     hold_owed: bool = False
     last_forward_s: float | None = None  # active source's last forwarded command
     sent: _SentTrajectory | None = None  # the last trajectory sent, for continuity
+    hold_since_s: float | None = None  # when the current hold began (None: start-up or moving)
+    held_s: float = 0.0  # finished holds, summed
+
+    def holding_s(self, now_s: float) -> float:
+        return self.held_s + (now_s - self.hold_since_s if self.hold_since_s is not None else 0.0)
 
 
 class CommandMux:
@@ -214,7 +220,7 @@ class CommandMux:
                        else f"; holding until the first {wanted.value} command (bumpless start)")
             reason = f"switched from {previous.value} to {wanted.value} at {now_s:.3f} s{waiting}"
             for state in self._groups.values():
-                self._enter_hold(state, reason)
+                self._enter_hold(state, reason, now_s)
                 state.last_forward_s = None
             return True, f"switched from {previous.value} to {wanted.value}{waiting}"
 
@@ -262,7 +268,7 @@ class CommandMux:
                         self._bump(timeouts=1)
                         self._enter_hold(state, f"{source.value} commands for group '{name}' silent "
                                                 f"for {silent:.3f} s (> {source.value}_timeout_s = "
-                                                f"{timeout} s); holding until they resume")
+                                                f"{timeout} s); holding until they resume", now_s)
             holds = [self._hold_command(state, now_s) for state in self._groups.values()
                      if state.hold_owed]
             return [hold for hold in holds if hold is not None]
@@ -271,7 +277,8 @@ class CommandMux:
         with self._lock:
             groups = tuple(
                 GroupStatus(name, state.holding, state.reason if state.holding else "",
-                            None if state.last_forward_s is None else now_s - state.last_forward_s)
+                            None if state.last_forward_s is None else now_s - state.last_forward_s,
+                            state.holding_s(now_s))
                 for name, state in self._groups.items())
             return MuxStatus(self._mode, groups, self._counters)
 
@@ -292,7 +299,7 @@ class CommandMux:
             was_forwarding = not state.holding
             if was_forwarding:
                 self._enter_hold(state, f"{source.value} resumed after a silence but no usable "
-                                        f"joint state: {exc}")
+                                        f"joint state: {exc}", now_s)
             return self._drop(command.group, f"cannot start {source.value} command for group "
                                              f"'{command.group}' bumplessly: {exc}; holding")
         rewritten, inserted = self._bumpless(command, measured.positions, now_s)
@@ -322,6 +329,9 @@ class CommandMux:
                  inserted: int) -> CommandDecision:
         state.holding, state.hold_owed, state.reason = False, False, ""
         state.last_forward_s = now_s
+        if state.hold_since_s is not None:
+            state.held_s += now_s - state.hold_since_s
+            state.hold_since_s = None
         if isinstance(command, JointTrajectoryCommand):
             state.sent = _sent(command, now_s)
         self._bump(forwarded=1)
@@ -331,9 +341,10 @@ class CommandMux:
         self._bump(dropped=1)
         return CommandDecision(Disposition.DROPPED, group, reason=reason)
 
-    def _enter_hold(self, state: _GroupState, reason: str) -> None:
+    def _enter_hold(self, state: _GroupState, reason: str, now_s: float) -> None:
         if not state.holding:
             state.holding, state.hold_owed = True, True
+            state.hold_since_s = now_s
         state.reason = reason
 
     def _hold_command(self, state: _GroupState, now_s: float) -> HoldCommand | None:

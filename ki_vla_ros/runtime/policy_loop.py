@@ -15,6 +15,7 @@ Payloads are already converted to numpy by the caller: an RGB uint8 image per ca
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -198,6 +199,20 @@ class PolicyLoop:
         if now_s > trajectory.end_time_s + self.config.chunk.step_duration_s:
             return None  # the chunk ran out: stop streaming, the base controller times out to zero
         return twist_at(trajectory, self.config, now_s)
+
+
+def joint_state_problem(names: Sequence[str], positions: Sequence[float], joints: Sequence[str]) -> str:
+    """Why a sensor_msgs/JointState cannot be used for `joints`, or "" when it can.
+
+    Checked on arrival so that diagnostics name the joint states as the input at fault;
+    joints the robot config does not use may be anything.
+    """
+    if len(positions) != len(names):
+        return f"{len(names)} names but {len(positions)} positions"
+    for name, value in zip(names, positions):
+        if name in joints and not math.isfinite(value):
+            return f"position of joint '{name}' is {value}; expected a finite value"
+    return ""
 
 
 def joint_state_payload(names: Sequence[str], positions: Sequence[float]) -> JointStatePayload:

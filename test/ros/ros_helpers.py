@@ -89,3 +89,36 @@ class ObservationPublisher:
             odom.header.stamp = t
             self.odom_pub.publish(odom)
         return stamp
+
+
+def train_tiny_planner(config, task: str, subtask: str, steps: int = 80):
+    """The tiny model for `config`, briefly trained (cross-entropy through the backbone) to
+    answer `task` with `subtask` whatever the images: a real model and a real decode, just a
+    small one. (Random tiny weights decode an empty subtask, which the planner ignores.)"""
+    import torch
+
+    from ki_vla_ros.model.inference import format_subtask_prompt, prepare_images
+    from ki_vla_ros.model.network import TrainingBatch, batch_prompts
+    from ki_vla_ros.runtime.model_loading import load_predictor
+
+    predictor = load_predictor(config, "tiny")
+    model, tok, c = predictor.model, predictor.model.text_tokenizer, predictor.config
+    tokens, token_masks = batch_prompts(tok, [format_subtask_prompt(task)] * 4, c.max_token_len)
+    target = torch.tensor([tok.encode(subtask, add_bos=False) + [tok.eos_id]] * 4)
+    ones = torch.ones_like(target, dtype=torch.bool)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    model.train()
+    for _ in range(steps):
+        images = [[rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(c.num_cameras)] for _ in range(4)]
+        pixels = torch.cat([prepare_images(i, c.num_cameras, c.image_size)[0] for i in images])
+        batch = TrainingBatch(
+            images=pixels, image_masks=torch.ones(4, c.num_cameras, dtype=torch.bool), tokens=tokens,
+            token_masks=token_masks, target_tokens=target, target_masks=ones, target_loss_masks=ones,
+            actions=torch.zeros(4, c.action_horizon, c.action_dim), has_actions=torch.zeros(4, dtype=torch.bool))
+        loss = model.compute_loss(batch, recipe="ki")["total"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return predictor

@@ -5,44 +5,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
-from ros_helpers import Collector, ObservationPublisher, params
+from ros_helpers import Collector, ObservationPublisher, params, train_tiny_planner
 
 from ki_vla_ros.runtime.config import load_robot_config
 
 CONFIG = load_robot_config("mobile")
 TASK = "tidy up the table: start with the red block"
 SUBTASK = "move to the red block"
-
-
-def _predictor_that_plans(steps: int = 80):
-    """The tiny model, briefly trained (cross-entropy through the backbone) to answer TASK
-    with SUBTASK whatever the images: a real model and a real decode, just a small one."""
-    from ki_vla_ros.model.inference import format_subtask_prompt, prepare_images
-    from ki_vla_ros.model.network import TrainingBatch, batch_prompts
-    from ki_vla_ros.runtime.model_loading import load_predictor
-
-    predictor = load_predictor(CONFIG, "tiny")
-    model, tok, c = predictor.model, predictor.model.text_tokenizer, predictor.config
-    tokens, token_masks = batch_prompts(tok, [format_subtask_prompt(TASK)] * 4, c.max_token_len)
-    target = torch.tensor([tok.encode(SUBTASK, add_bos=False) + [tok.eos_id]] * 4)
-    ones = torch.ones_like(target, dtype=torch.bool)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    model.train()
-    for _ in range(steps):
-        images = [[rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(c.num_cameras)] for _ in range(4)]
-        pixels = torch.cat([prepare_images(i, c.num_cameras, c.image_size)[0] for i in images])
-        batch = TrainingBatch(
-            images=pixels, image_masks=torch.ones(4, c.num_cameras, dtype=torch.bool), tokens=tokens,
-            token_masks=token_masks, target_tokens=target, target_masks=ones, target_loss_masks=ones,
-            actions=torch.zeros(4, c.action_horizon, c.action_dim), has_actions=torch.zeros(4, dtype=torch.bool))
-        loss = model.compute_loss(batch, recipe="ki")["total"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    return predictor
 
 
 def test_the_planner_publishes_subtasks_and_the_policy_follows_them(ros_graph):
@@ -52,7 +21,7 @@ def test_the_planner_publishes_subtasks_and_the_policy_follows_them(ros_graph):
     from ki_vla_ros.ros.planner_node import PlannerNode
     from ki_vla_ros.ros.policy_node import PolicyNode
 
-    predictor = _predictor_that_plans()
+    predictor = train_tiny_planner(CONFIG, TASK, SUBTASK)
     images = [np.full((48, 64, 3), 90, np.uint8)] * predictor.num_cameras
     assert predictor.generate_subtask(images, TASK) == SUBTASK, "the tiny planner did not learn its subtask"
 
@@ -80,3 +49,33 @@ def test_the_planner_publishes_subtasks_and_the_policy_follows_them(ros_graph):
     assert (first.task, first.subtask, first.sequence) == (TASK, SUBTASK, 1)
     assert first.generation_latency.sec + first.generation_latency.nanosec > 0
     assert all(m.sequence == 1 and m.subtask == SUBTASK for m in subtasks.messages)  # no flicker
+
+
+def test_the_planner_plans_on_images_older_than_the_policy_would_accept(ros_graph):
+    """The subtask is a slow decision: images up to planner.max_image_age_s (1 s) old are
+    planned on, although the policy only acts within sync.max_age_s (0.3 s). Regression: the
+    planner used sync.max_age_s, and in the mobile graph (3 cameras at 640x480, some frames
+    late) it never planned."""
+    from std_msgs.msg import String
+
+    from ki_vla_ros.msg import Subtask
+    from ki_vla_ros.ros.planner_node import PlannerNode
+
+    assert CONFIG.sync.max_age_s < 0.5 < CONFIG.planner.max_image_age_s
+    predictor = train_tiny_planner(CONFIG, TASK, SUBTASK)
+    ros_graph.add(PlannerNode(context=ros_graph.context, predictor=predictor,
+                              parameter_overrides=params(config="mobile")))
+    probe = ros_graph.node("late_image_probe")
+    subtasks = Collector(probe, Subtask, "/ki_vla/subtask")
+    task_pub = probe.create_publisher(String, "/ki_vla/task", 10)
+    observations = ObservationPublisher(probe, CONFIG)
+    observations.stamp_offset_s = -0.5
+    ros_graph.wait_for(lambda: all(p.get_subscription_count() > 0 for p in observations.cams.values())
+                       and task_pub.get_subscription_count() > 0, 20.0, "planner subscriptions")
+    task_pub.publish(String(data=TASK))
+    deadline = time.monotonic() + 30
+    while not subtasks.messages:
+        assert time.monotonic() < deadline, "the planner published no subtask from 0.5 s old images"
+        observations.publish()
+        time.sleep(0.1)
+    assert subtasks.messages[0].subtask == SUBTASK

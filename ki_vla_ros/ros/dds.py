@@ -1,0 +1,36 @@
+"""The DDS settings every process of a local graph shares (see config/fastdds_localhost.xml)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR
+
+PROFILE_NAME = "fastdds_localhost.xml"
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def localhost_profile() -> Path | None:
+    """The shipped Fast DDS profile for one-machine graphs (source tree, then share directory)."""
+    candidates = [SOURCE_CONFIG_DIR / PROFILE_NAME]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("ki_vla_ros")) / "config" / PROFILE_NAME)
+    except Exception:  # not installed: the source tree is enough
+        pass
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def graph_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default os.environ) for the processes of a local graph: loopback discovery and,
+    unless the user chose a profile, shared memory large enough for camera images."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and PROFILE_VARIABLE not in env:
+        profile = localhost_profile()
+        if profile is not None:
+            env[PROFILE_VARIABLE] = str(profile)
+    return env

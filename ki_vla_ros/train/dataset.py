@@ -434,8 +434,9 @@ def _episode_tensors(ep: Mapping[str, Any], i: int, meta: Mapping[str, Any]) -> 
     for key in ("images", "state", "actions", "instruction"):
         if key not in ep:
             raise DatasetError(f"{where} has no {key!r}; expected images, state, actions and instruction")
-    state = np.asarray(ep["state"], dtype=np.float32)
-    actions = np.asarray(ep["actions"], dtype=np.float32)
+    # C order: safetensors stores the raw buffer, so a column-major array would come back transposed
+    state = np.ascontiguousarray(ep["state"], dtype=np.float32)
+    actions = np.ascontiguousarray(ep["actions"], dtype=np.float32)
     length = state.shape[0] if state.ndim == 2 else 0
     for key, arr, names in (("state", state, meta["state_names"]), ("actions", actions, meta["action_names"])):
         if arr.shape != (length, len(names)) or length == 0:

@@ -364,7 +364,7 @@ def export_lerobot(dataset: EpisodeDataset, out_dir, *, overwrite: bool = False)
     columns: dict[str, list] = {k: [] for k in ("state", "action", "timestamp", "frame_index", "episode_index",
                                                 "index", "task_index")}
     episodes: list[dict] = []
-    writers = {c: _VideoWriter(out / V30_VIDEO_PATH.format(video_key=IMAGE_PREFIX + c, chunk_index=0, file_index=0),
+    writers = {c: Mp4Writer(out / V30_VIDEO_PATH.format(video_key=IMAGE_PREFIX + c, chunk_index=0, file_index=0),
                                fps, shapes[c]) for c in dataset.cameras}
     try:
         total = 0
@@ -433,7 +433,7 @@ def export_lerobot(dataset: EpisodeDataset, out_dir, *, overwrite: bool = False)
     return out
 
 
-class _VideoWriter:
+class Mp4Writer:
     """One mp4 (H.264, yuv420p) that episodes are appended to, frame by frame (PyAV)."""
 
     def __init__(self, path: Path, fps: int, shape: tuple[int, int, int]):

@@ -230,6 +230,11 @@ class EpisodeDataset:
                                    f"{self.root} has action {action!r} and state {state!r} there; expected the same "
                                    f"joint (model config delta_action_dims)")
 
+    def data_layout(self) -> dict:
+        """What a checkpoint trained on this dataset records with its norm stats (`ki-vla check` reads it)."""
+        return {"state_names": list(self.state_names), "action_names": list(self.action_names),
+                "step_duration_s": self.step_duration_s}
+
     # ------------------------------------------------------------------ side files
     def norm_stats(self) -> dict[str, NormStats] | None:
         path = self.root / NORM_STATS_FILE
@@ -338,7 +343,7 @@ def compute_norm_stats(dataset: EpisodeDataset, save: bool = False, horizon: int
         actions = np.concatenate(actions)
     stats = {"state": NormStats.from_data(np.concatenate(states)), "actions": NormStats.from_data(actions)}
     if save:
-        save_norm_stats(dataset.root / NORM_STATS_FILE, stats)
+        save_norm_stats(dataset.root / NORM_STATS_FILE, stats, dataset.data_layout())
     return stats
 
 

@@ -75,6 +75,7 @@ def prepare_run(data_dir, config: TrainConfig, *, init: str = "tiny", vlm_data=N
     model = KIVLA.from_pretrained(last) if resumed else build_model(init, dataset, config.seed)
     check_fits(model, dataset)
     c = model.config
+    model.data_layout = dataset.data_layout()
 
     delta = c.delta_action_dims
     dataset.check_delta_dims(delta)

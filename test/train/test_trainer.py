@@ -85,6 +85,10 @@ def test_the_last_checkpoint_is_a_model_the_policy_loads(sim_dataset_dir, sim_da
     assert np.isfinite(chunk).all()
     assert (tmp_path / "checkpoint_000002" / "model.safetensors").is_file()
     assert predictor.model.fast_tokenizer is not None  # the FAST baseline can decode from it too
+    # the names and step it was trained on ride along with the norm stats (`ki-vla check` compares them)
+    assert predictor.model.data_layout == {"state_names": list(sim_dataset.state_names),
+                                           "action_names": list(sim_dataset.action_names),
+                                           "step_duration_s": sim_dataset.step_duration_s}
 
 
 def test_vlm_slots_are_spread_evenly_whatever_the_split_over_ranks():

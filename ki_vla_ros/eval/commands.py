@@ -100,9 +100,11 @@ def _eval_bag(args: argparse.Namespace) -> int:
                            latency_s=args.latency_s, every_s=args.every_s, instruction=args.instruction,
                            targets=args.targets, seed=args.seed, plots=not args.no_plots,
                            policy_label=f"checkpoint {checkpoint}")
-    overall, totals = report["overall"], report["totals"]
+    overall, moving, totals = report["overall"], report["overall_moving"], report["totals"]
     print(json.dumps({"bags_ok": totals["bags_ok"], "bags_failed": totals["bags_failed"],
-                      "windows": totals["windows"], "mae_normalized": overall["mae_normalized"],
+                      "windows": totals["windows"], "mae_normalized_moving": moving["mae_normalized"],
+                      "moving_dims": len(moving["dims"]), "still_dims": moving["still_dims"],
+                      "mae_normalized_all": overall["mae_normalized"],
                       "rmse_normalized": overall["rmse_normalized"],
                       "inference_ms_p50": report["latency"]["inference_ms"]["p50"],
                       "observations_per_s": totals["observations_per_s"], "report": args.out}))

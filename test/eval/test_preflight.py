@@ -6,6 +6,7 @@ with images made to be alive, dead, identical or swapped.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,7 @@ from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.model.normalize import NormStats
 from episode_bags import CONFIG_PATH, arm_config
 
-from conftest import HERE
-
-sys.path.insert(0, str(HERE.parent / "train"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))  # the training tests' bag writer
 from sim_bags import write_demo_bag  # noqa: E402
 
 STEPS = 12

@@ -5,7 +5,7 @@ with images made to be alive, dead, identical or swapped.
 """
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +18,17 @@ from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.model.normalize import NormStats
 from episode_bags import CONFIG_PATH, arm_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))  # the training tests' bag writer
-from sim_bags import write_demo_bag  # noqa: E402
+
+def _training_tests_module(name: str):
+    """A helper module of test/train, loaded from its file: putting test/train on sys.path here
+    would make test/train's `from conftest import ...` find another directory's conftest."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+write_demo_bag = _training_tests_module("sim_bags").write_demo_bag
 
 STEPS = 12
 

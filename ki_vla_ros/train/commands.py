@@ -92,6 +92,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                        help="fraction of each batch from VLM data (default 0)")
     train.add_argument("--flow-loss-weight", type=float, default=None,
                        help="alpha in ce + alpha * flow (default: the model config's)")
+    train.add_argument("--delta-actions", default=None,
+                       help="action dims predicted as offsets from the state: 'joints' (every joint "
+                            "position except joints named as grippers), 'none', or comma-separated action "
+                            "names (default: the --init model's)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--log-every", type=int, default=10)
     train.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
@@ -203,7 +207,8 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip_norm=args.grad_clip_norm,
         vlm_ratio=args.vlm_ratio, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, out_dir=args.out, device=args.device, amp=args.amp,
-        flow_loss_weight=args.flow_loss_weight, resume=args.resume, progress=not args.no_progress)
+        flow_loss_weight=args.flow_loss_weight, resume=args.resume, progress=not args.no_progress,
+        delta_actions=args.delta_actions)
     try:
         run = prepare_run(args.data, config, init=args.init, vlm_data=args.vlm_data)
     except (DatasetError, ValueError, FileNotFoundError) as e:

@@ -21,7 +21,8 @@ from ki_vla_ros.train.dataset import EpisodeDataset, write_dataset
 from ki_vla_ros.train.lerobot import LeRobotError, LeRobotMapping, convert_lerobot
 from lerobot_v21 import CAMERAS, write_v21
 
-CONFIG_PATH = Path(__file__).resolve().parents[1] / "eval" / "test_arm.yaml"  # joints shoulder, elbow, wrist, finger; 0.1 s steps
+# joints shoulder, elbow, wrist, finger; 0.1 s steps
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "eval" / "test_arm.yaml"
 MEAN_ABS_TOLERANCE = 6.0  # grey levels, mean over an episode's frames (H.264 at crf 10, 4:2:0 chroma)
 V21_MAPPING = """\
 state: observation.state

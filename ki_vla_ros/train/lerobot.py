@@ -201,6 +201,8 @@ class LeRobotReader:
                                    f"it has {sorted(rows)}")
             values = np.asarray(rows[key].to_pylist(), dtype=np.float32).reshape(ep["length"], -1)
             columns[role] = values[:, _select(feature, key, names, mapping, self.info_path)]
+        if "timestamp" not in rows:
+            raise LeRobotError(f"data file {path} has no column for feature 'timestamp'; it has {sorted(rows)}")
         timestamps = np.asarray(rows["timestamp"].to_pylist(), dtype=np.float64)
         expected = np.arange(ep["length"]) / self.fps
         off = np.abs(timestamps - timestamps[0] - expected)

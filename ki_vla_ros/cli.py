@@ -41,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ki_vla_ros.eval.commands import add_subcommands
 
-    add_subcommands(sub)  # eval-bag, record, play
+    add_subcommands(sub)  # eval-bag, record, play, check
     from ki_vla_ros.train.commands import add_subcommands as add_train_subcommands
 
-    add_train_subcommands(sub)  # convert, make-sim-dataset, train
+    add_train_subcommands(sub)  # convert, export-lerobot, make-sim-dataset, train
     from ki_vla_ros.train.experiment.commands import add_subcommands as add_experiment_subcommands
 
     add_experiment_subcommands(sub)  # ki-claims, make-demo-checkpoint

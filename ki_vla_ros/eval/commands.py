@@ -1,8 +1,9 @@
-"""The `ki-vla` subcommands for bags: eval-bag, record, play.
+"""The `ki-vla` subcommands for bags and checkpoints: eval-bag, record, play, check.
 
     ki-vla eval-bag BAG [BAG ...] --config NAME --checkpoint DIR|tiny --out DIR [--latency-aware]
     ki-vla record --config NAME OUT [--storage mcap|sqlite3] [--duration S]
     ki-vla play BAG [--rate R] [--clock] [--loop]
+    ki-vla check --config NAME --checkpoint DIR [--bag BAG] [--json FILE]
 
 rclpy and torch are imported only by the subcommand that needs them.
 """
@@ -55,6 +56,18 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     add_play_arguments(play)
     play.set_defaults(func=_play)
 
+    check = subparsers.add_parser(
+        "check", help="preflight: does a checkpoint fit a robot config (and a recording)?",
+        description="Compares the robot config with the checkpoint (dims and names of the norm stats, delta "
+                    "dims, joint limits, image slots and size, tokenizer, horizon, step) and, with --bag, with "
+                    "a recording (states, cameras alive, distinct, not swapped). Prints one line per check; "
+                    "exits 1 when a check FAILs (ki_vla_ros/eval/preflight.py).")
+    check.add_argument("--config", required=True, help="robot config name or YAML path")
+    check.add_argument("--checkpoint", required=True, help="checkpoint directory ('demo': the shipped one)")
+    check.add_argument("--bag", default=None, help="a rosbag recorded on the robot (optional)")
+    check.add_argument("--json", default=None, help="also write the results as JSON here")
+    check.set_defaults(func=_check)
+
 
 def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="bag directory to create (must not exist)")
@@ -87,9 +100,11 @@ def _eval_bag(args: argparse.Namespace) -> int:
                            latency_s=args.latency_s, every_s=args.every_s, instruction=args.instruction,
                            targets=args.targets, seed=args.seed, plots=not args.no_plots,
                            policy_label=f"checkpoint {checkpoint}")
-    overall, totals = report["overall"], report["totals"]
+    overall, moving, totals = report["overall"], report["overall_moving"], report["totals"]
     print(json.dumps({"bags_ok": totals["bags_ok"], "bags_failed": totals["bags_failed"],
-                      "windows": totals["windows"], "mae_normalized": overall["mae_normalized"],
+                      "windows": totals["windows"], "mae_normalized_moving": moving["mae_normalized"],
+                      "moving_dims": len(moving["dims"]), "still_dims": moving["still_dims"],
+                      "mae_normalized_all": overall["mae_normalized"],
                       "rmse_normalized": overall["rmse_normalized"],
                       "inference_ms_p50": report["latency"]["inference_ms"]["p50"],
                       "observations_per_s": totals["observations_per_s"], "report": args.out}))
@@ -108,3 +123,22 @@ def _play(args: argparse.Namespace) -> int:
     from ki_vla_ros.ros.player import main_from_args
 
     return main_from_args(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ki_vla_ros.eval.preflight import checks_failed, format_table, results_json, run_checks
+    from ki_vla_ros.runtime.config import load_robot_config
+    from ki_vla_ros.runtime.model_loading import DEMO, DEMO_CHECKPOINT_DIR
+
+    config = load_robot_config(args.config)
+    checkpoint = DEMO_CHECKPOINT_DIR if args.checkpoint == DEMO else args.checkpoint
+    results = run_checks(config, checkpoint, args.bag)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(results_json(results) + "\n")
+    failed = checks_failed(results)
+    print(f"{sum(r.status == 'FAIL' for r in results)} FAIL, {sum(r.status == 'WARN' for r in results)} WARN, "
+          f"{sum(r.status == 'PASS' for r in results)} PASS")
+    return 1 if failed else 0

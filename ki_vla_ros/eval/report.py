@@ -1,10 +1,14 @@
 """Writing an evaluation: report.json (everything), summary.md (for people), PNG plots.
 
 Plots (matplotlib, Agg backend -- no display needed):
-    error_vs_horizon.png   normalized MAE per horizon step, overall and per action dim
-    window_worst.png       predicted vs recorded per action dim, the worst window
+    error_vs_horizon.png   normalized MAE per horizon step: the mean over the moving dims, each
+                           moving dim, and (grey, dotted) the dims that never moved
+    window_worst.png       predicted vs recorded per action dim, the worst window, against time
+                           since the bag's start, in the dim's unit (rad, m, m/s)
     window_best.png        the same for the best window
-Dropped steps (latency-aware mode) and steps without a recorded target are shaded.
+Steps that were not compared (no recorded target, or dropped for latency) are shaded, and the
+legend says so. A dim that barely moves is drawn over STILL_AXIS_FRACTION of its joint range,
+not zoomed into numerical noise.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ki_vla_ros.eval.metrics import Window
 REPORT_JSON = "report.json"
 SUMMARY_MD = "summary.md"
 RANKED_WINDOWS = 5  # best and worst windows listed in the report
+STILL_AXIS_FRACTION = 0.1  # y range of a subplot whose lines span less: this fraction of the joint range
 
 
 def write_report(report: dict, windows: Sequence[Window], ranges: np.ndarray, out_dir: Path,
@@ -39,6 +44,7 @@ def write_report(report: dict, windows: Sequence[Window], ranges: np.ndarray, ou
 
 def _window_brief(window: Window, ranges: np.ndarray) -> dict:
     return {"bag": window.bag, "stamp_s": round(window.stamp_s, 6),
+            "since_bag_start_s": round(window.stamp_s - window.bag_start_s, 3),
             "mae_normalized": window.normalized_mae(ranges),
             "latency_ms": round(window.latency_s * 1e3, 3), "first_compared_step": window.first_compared_step}
 
@@ -53,26 +59,37 @@ def _plot_all(report: dict, best: Window, worst: Window, ranges: np.ndarray, out
     import matplotlib.pyplot as plt
 
     names = report["config"]["action_names"]
+    units = report["config"]["units"]
+    moved = [report["per_dim"][n]["moved"] for n in names]
     files = {"error_vs_horizon": "error_vs_horizon.png", "window_worst": "window_worst.png",
              "window_best": "window_best.png"}
-    _plot_horizon(plt, report["by_horizon_step"], names, ranges, out_dir / files["error_vs_horizon"],
+    _plot_horizon(plt, report["by_horizon_step"], names, moved, ranges, out_dir / files["error_vs_horizon"],
                   report["settings"]["latency_aware"])
-    _plot_window(plt, worst, names, ranges, out_dir / files["window_worst"], "worst")
-    _plot_window(plt, best, names, ranges, out_dir / files["window_best"], "best")
+    _plot_window(plt, worst, names, units, ranges, out_dir / files["window_worst"], "worst")
+    _plot_window(plt, best, names, units, ranges, out_dir / files["window_best"], "best")
     return files
 
 
-def _plot_horizon(plt, by_step: dict, names: Sequence[str], ranges: np.ndarray, path: Path,
-                  latency_aware: bool) -> None:
+def _plot_horizon(plt, by_step: dict, names: Sequence[str], moved: Sequence[bool], ranges: np.ndarray,
+                  path: Path, latency_aware: bool) -> None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     times = np.asarray(by_step["time_s"])
+    per_dim = np.stack([np.asarray([np.nan if v is None else v for v in by_step["mae_per_dim"][name]]) / ranges[d]
+                        for d, name in enumerate(names)], axis=1)  # [H, D]
+    few = len(names) <= 10
     for d, name in enumerate(names):
-        mae = np.asarray([np.nan if v is None else v for v in by_step["mae_per_dim"][name]]) / ranges[d]
-        ax.plot(times, mae, lw=0.8, alpha=0.5, label=name if len(names) <= 10 else None)
-    overall = np.asarray([np.nan if v is None else v for v in by_step["mae_normalized"]])
-    ax.plot(times, overall, "k-o", lw=2, ms=3, label="all dims")
-    ax.set_xlabel("time after observation (s)")
-    ax.set_ylabel("MAE / joint range")
+        if moved[d]:
+            ax.plot(times, per_dim[:, d], lw=0.8, alpha=0.6, label=name if few else None)
+        else:
+            ax.plot(times, per_dim[:, d], ":", color="0.6", lw=0.8,
+                    label=f"{name} (never moved)" if few else None)
+    if any(moved):  # mean over the moving dims, each (step, dim) weighted alike
+        moving = per_dim[:, np.asarray(moved)]
+        counted = np.isfinite(moving).sum(1)  # steps with nothing compared (latency) stay empty
+        mean = np.where(counted > 0, np.nansum(moving, axis=1) / np.maximum(counted, 1), np.nan)
+        ax.plot(times, mean, "k-o", lw=2, ms=3, label=f"mean of {sum(moved)} moving dims")
+    ax.set_xlabel("time after the observation (s)")
+    ax.set_ylabel("MAE / joint range (fraction)")
     title = "Open-loop error vs horizon"
     ax.set_title(title + (" (latency-aware: dropped steps not compared)" if latency_aware else ""),
                  fontsize=10)
@@ -83,32 +100,55 @@ def _plot_horizon(plt, by_step: dict, names: Sequence[str], ranges: np.ndarray, 
     plt.close(fig)
 
 
-def _plot_window(plt, window: Window, names: Sequence[str], ranges: np.ndarray, path: Path,
-                 label: str) -> None:
+def _plot_window(plt, window: Window, names: Sequence[str], units: Sequence[str], ranges: np.ndarray,
+                 path: Path, label: str) -> None:
+    from matplotlib.patches import Patch
+
     dims = len(names)
     cols = min(4, dims)
     rows = math.ceil(dims / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows), dpi=90, squeeze=False)
-    times = window.step_duration_s * np.arange(window.predicted.shape[0])
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.4 * rows + 0.6), dpi=90, squeeze=False,
+                             layout="constrained")  # makes room for the title, legend and x label
+    start_s = window.stamp_s - window.bag_start_s  # the observation, in seconds since the bag's start
+    dt = window.step_duration_s
+    times = start_s + dt * np.arange(window.predicted.shape[0])
     for d, name in enumerate(names):
         ax = axes[d // cols][d % cols]
         ax.plot(times, window.recorded[:, d], "k-o", ms=3, lw=1.5, label="recorded")
         ax.plot(times, window.predicted[:, d], "C3-s", ms=3, lw=1.2, label="predicted")
         for k in np.flatnonzero(~window.compared[:, d]):  # not compared: shaded
-            ax.axvspan(times[k] - window.step_duration_s / 2, times[k] + window.step_duration_s / 2,
-                       color="0.85", lw=0)
+            ax.axvspan(times[k] - dt / 2, times[k] + dt / 2, color="0.85", lw=0)
+        limits = still_axis_limits(np.concatenate([window.recorded[:, d], window.predicted[:, d]]), ranges[d])
+        if limits is not None:
+            ax.set_ylim(*limits)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_title(name, fontsize=8)
+        ax.set_ylabel(units[d], fontsize=7)
+        if d + cols >= dims:  # the lowest plot of its column
+            ax.set_xlabel("time since the bag's start (s)", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for d in range(dims, rows * cols):
         axes[d // cols][d % cols].axis("off")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{label} window: {Path(window.bag).name} at {window.stamp_s:.3f} s, "
-                 f"MAE/range {window.normalized_mae(ranges):.4f}", fontsize=10)
-    fig.supxlabel("time after observation (s)", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if not window.compared.all():
+        handles.append(Patch(color="0.85"))
+        labels.append("not compared (no recorded target, or dropped for latency)")
+    fig.suptitle(f"{label} window: {Path(window.bag).name}, observation at {start_s:.2f} s after the bag "
+                 f"start; MAE / range {window.normalized_mae(ranges):.4f}", fontsize=10)
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     fig.savefig(path)
     plt.close(fig)
+
+
+def still_axis_limits(values: np.ndarray, joint_range: float) -> tuple[float, float] | None:
+    """y limits for lines that span less than STILL_AXIS_FRACTION of the joint's range: that much of
+    the range around their middle (a held joint reads as flat, not as 1e-7 noise); None otherwise."""
+    values = values[np.isfinite(values)]
+    if not values.size or np.ptp(values) >= STILL_AXIS_FRACTION * joint_range:
+        return None
+    middle, half = (values.max() + values.min()) / 2, STILL_AXIS_FRACTION * joint_range / 2
+    return float(middle - half), float(middle + half)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -136,18 +176,27 @@ def summary_markdown(report: dict) -> str:
         "",
         "## Overall",
         "",
-        f"MAE / range **{_fmt(report['overall']['mae_normalized'])}**, RMSE / range "
-        f"**{_fmt(report['overall']['rmse_normalized'])}** over {report['overall']['compared']} "
-        "compared values.",
-        "",
-        "| action dim | MAE | RMSE | MAE / range | RMSE / range | range |",
-        "|---|---|---|---|---|---|",
     ]
-    for name, s in report["per_dim"].items():
-        lines.append(f"| {name} | {_fmt(s['mae'])} | {_fmt(s['rmse'])} | {_fmt(s['mae_normalized'])} | "
-                     f"{_fmt(s['rmse_normalized'])} | {s['range']:.4g} |")
+    moving, everything = report["overall_moving"], report["overall"]
+    if moving["dims"]:
+        lines.append(f"Over the {len(moving['dims'])} dims that moved ({', '.join(moving['dims'])}): MAE / range "
+                     f"**{_fmt(moving['mae_normalized'])}**, RMSE / range **{_fmt(moving['rmse_normalized'])}** "
+                     f"over {moving['compared']} compared values.")
+    else:
+        lines.append("No action dim moved in these bags; every error below is of a joint held still.")
+    if moving["still_dims"]:
+        lines += ["", f"Never moved (recorded targets span < 1 % of the range), left out of that mean: "
+                      f"{', '.join(moving['still_dims'])}. Over all {len(report['per_dim'])} dims: MAE / range "
+                      f"{_fmt(everything['mae_normalized'])}."]
+    units = report["config"]["units"]
+    lines += ["", "| action dim | moved | MAE | RMSE | MAE / range | RMSE / range | range | unit |",
+              "|---|---|---|---|---|---|---|---|"]
+    for (name, s), unit in zip(report["per_dim"].items(), units):
+        lines.append(f"| {name} | {'yes' if s['moved'] else 'no'} | {_fmt(s['mae'])} | {_fmt(s['rmse'])} | "
+                     f"{_fmt(s['mae_normalized'])} | {_fmt(s['rmse_normalized'])} | {s['range']:.4g} | {unit} |")
     by_step = report["by_horizon_step"]
-    lines += ["", "## Error by horizon step", "", "| step | t (s) | MAE / range | RMSE / range | compared |",
+    lines += ["", "## Error by horizon step (all dims)", "",
+              "| step | t (s) | MAE / range | RMSE / range | compared |",
               "|---|---|---|---|---|"]
     for k in by_step["step"]:
         lines.append(f"| {k} | {by_step['time_s'][k]:.3f} | {_fmt(by_step['mae_normalized'][k])} | "

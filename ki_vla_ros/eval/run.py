@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from ki_vla_ros.eval.bag_io import BagError
 from ki_vla_ros.eval.episodes import EpisodeReplay, TargetChoice
-from ki_vla_ros.eval.metrics import ErrorStats, Window, action_ranges, first_executed_step, percentiles
+from ki_vla_ros.eval.metrics import (
+    ErrorStats, Window, action_ranges, action_units, first_executed_step, percentiles)
 from ki_vla_ros.eval.report import write_report
 from ki_vla_ros.runtime.action_chunk import ActionChunk, InferenceTimings
 from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
@@ -112,7 +113,8 @@ def evaluate_bags(bags: Sequence[str | Path], config: RobotConfig | str | Path, 
         "created_unix_s": round(time.time(), 3),
         "config": {"source": config.source, "robot": config.name,
                    "action_names": list(config.action_names), "horizon_steps": horizon,
-                   "step_duration_s": dt, "ranges": [float(r) for r in ranges]},
+                   "step_duration_s": dt, "ranges": [float(r) for r in ranges],
+                   "units": action_units(config)},
         "policy": policy_label or _describe(policy),
         "settings": {"latency_aware": latency_aware, "latency_s": latency_s,
                      "every_s": every_s if every_s is not None else config.chunk.execute_steps * dt,
@@ -121,7 +123,11 @@ def evaluate_bags(bags: Sequence[str | Path], config: RobotConfig | str | Path, 
                    "bags_failed": len(bag_results) - len(episodes), "windows": len(windows),
                    "wall_s": round(wall_s, 3),
                    "observations_per_s": round(len(windows) / wall_s, 3) if wall_s > 0 else None},
-        "overall": overall.overall(),
+        "overall": overall.overall(),  # every dim, the still ones included
+        # the headline: dims whose recorded targets moved (metrics.MOVING_FRACTION of their range)
+        "overall_moving": {**overall.overall(overall.moving()),
+                           "dims": [n for n, m in zip(config.action_names, overall.moving()) if m],
+                           "still_dims": [n for n, m in zip(config.action_names, overall.moving()) if not m]},
         "per_dim": overall.per_dim(),
         "by_horizon_step": overall.by_step(dt),
         "latency": {
@@ -171,7 +177,8 @@ def _evaluate_bag(path: Path, config: RobotConfig, policy: PolicyLike, *, latenc
                 compared[:first] = False
                 window = Window(bag=str(path), stamp_s=observation.stamp_s, step_duration_s=dt,
                                 predicted=actions, recorded=recorded, compared=compared,
-                                inference_ms=inference_ms, latency_s=latency, first_compared_step=first)
+                                inference_ms=inference_ms, latency_s=latency, first_compared_step=first,
+                                bag_start_s=episode.bag.start_time_s - episode.clock_offset_s)
                 stats.add(window)
                 windows.append(window)
         counters = episode.counters.as_dict()

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from .config import KIVLAConfig
 from .json_files import read_json
+from .normalize import load_data_layout
 from .network import KIVLA
 
 WEIGHTS_FILE = "model.safetensors"
@@ -64,7 +65,7 @@ def save_pretrained(model: KIVLA, directory) -> None:
     if model.norm_stats:
         from .normalize import save_norm_stats
 
-        save_norm_stats(directory / NORM_STATS_FILE, model.norm_stats)
+        save_norm_stats(directory / NORM_STATS_FILE, model.norm_stats, model.data_layout)
     if model.fast_tokenizer is not None:
         model.fast_tokenizer.save(directory)
     if model.text_tokenizer is not None:
@@ -85,13 +86,14 @@ def load_pretrained(directory, *, config: KIVLAConfig | None = None, device: str
     shapes, files = read_safetensors_index(directory)
     layout = detect_layout(shapes, directory)
     config = config or read_config(directory)
-    text_tokenizer = _load_text_tokenizer(directory, config)
+    text_tokenizer = read_text_tokenizer(directory, config)
     with torch.device(device):  # random init where the weights go, then cast before copying them in
         model = KIVLA(config, text_tokenizer=text_tokenizer)
     if dtype is not None:
         model.to(dtype)
     load_weights(model, shapes, files, layout)
-    model.norm_stats = _load_norm_stats(directory)
+    model.norm_stats = read_norm_stats(directory)
+    model.data_layout = load_data_layout(directory / NORM_STATS_FILE)
     model.fast_tokenizer = _load_fast_tokenizer(directory)
     return model
 
@@ -242,7 +244,7 @@ def read_config(directory: Path) -> KIVLAConfig:
     return KIVLAConfig.preset("pi05", **overrides)
 
 
-def _load_text_tokenizer(directory: Path, config: KIVLAConfig):
+def read_text_tokenizer(directory: Path, config: KIVLAConfig):
     from .text_tokenizer import SENTENCEPIECE_FILES, load_text_tokenizer
 
     spec_path = directory / TEXT_TOKENIZER_FILE
@@ -257,7 +259,7 @@ def _load_text_tokenizer(directory: Path, config: KIVLAConfig):
     return None  # weights usable for tests; the Predictor reports the missing tokenizer
 
 
-def _load_norm_stats(directory: Path):
+def read_norm_stats(directory: Path):
     """norm_stats.json at the top, else openpi's assets/<asset_id>/norm_stats.json, else LeRobot's
     normalizer processor file ("observation.state.q01", "action.q99", ...)."""
     from .normalize import load_norm_stats

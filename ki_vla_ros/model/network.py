@@ -243,6 +243,8 @@ class KIVLA(nn.Module):
         self.text_tokenizer = text_tokenizer
         self.fast_tokenizer = fast_tokenizer
         self.norm_stats = norm_stats  # {"state": NormStats, "actions": NormStats} or None
+        # {"state_names", "action_names", "step_duration_s"} of the training data, or None
+        self.data_layout: dict | None = None
 
     @property
     def dtype(self) -> torch.dtype:

@@ -6,7 +6,9 @@
 Quantiles rather than mean/std keep rare outliers (a gripper slamming shut, a dropped
 frame) from squeezing the useful range; mean and std are stored too, for reporting.
 Stats are saved next to the checkpoint in openpi's norm_stats.json layout:
-{"norm_stats": {"state": {"mean": [...], "std": [...], "q01": [...], "q99": [...]}, "actions": {...}}}.
+{"norm_stats": {"state": {"mean": [...], "std": [...], "q01": [...], "q99": [...]}, "actions": {...}}},
+plus, when known, the layout of the data they were computed on (ours only; openpi and LeRobot
+files have none): "data_layout": {"state_names": [...], "action_names": [...], "step_duration_s": s}.
 """
 
 from __future__ import annotations
@@ -105,10 +107,25 @@ def unnormalize(y: np.ndarray, stats: NormStats, clip: bool = False) -> np.ndarr
     return (y + 1.0) / 2.0 * (stats.q99 - stats.q01 + EPS) + stats.q01
 
 
-def save_norm_stats(path, stats: dict[str, NormStats]) -> None:
-    """Write {key: NormStats} (keys like "state", "actions") as openpi-style norm_stats.json."""
-    payload = {"norm_stats": {key: s.to_dict() for key, s in stats.items()}}
+def save_norm_stats(path, stats: dict[str, NormStats], data_layout: dict | None = None) -> None:
+    """Write {key: NormStats} (keys like "state", "actions") as openpi-style norm_stats.json.
+
+    data_layout: {"state_names", "action_names", "step_duration_s"} of the data the stats
+    describe, so `ki-vla check` can compare names and step with a robot config."""
+    payload: dict = {"norm_stats": {key: s.to_dict() for key, s in stats.items()}}
+    if data_layout:
+        payload["data_layout"] = data_layout
     Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def load_data_layout(path) -> dict | None:
+    """The "data_layout" entry of a norm_stats.json (None when the file or the entry is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    raw = read_json(path, "norm stats file")
+    layout = raw.get("data_layout") if isinstance(raw, dict) else None
+    return layout if isinstance(layout, dict) else None
 
 
 def load_norm_stats(path, required: tuple[str, ...] = ()) -> dict[str, NormStats]:

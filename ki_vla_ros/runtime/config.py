@@ -245,6 +245,13 @@ class RobotConfig:
     def num_image_slots(self) -> int:
         return max(c.slot for c in self.cameras) + 1
 
+    @property
+    def default_delta_action_dims(self) -> tuple[int, ...]:
+        """Action dims a model should predict as offsets from the state (KIVLAConfig.delta_action_dims):
+        joint positions with the same index in the state, except joints named as grippers, whose
+        targets are usually absolute (open / closed), as in openpi's DeltaActions masks."""
+        return default_delta_action_dims(self.state_names, self.action_names)
+
     def camera(self, name: str) -> CameraConfig:
         for camera in self.cameras:
             if camera.name == name:
@@ -266,6 +273,23 @@ class RobotConfig:
         if group.kind == "base_twist":
             return tuple(index[f"{group.name}_{d}"] for d in group.dims)
         return tuple(index[j] for j in group.joints)
+
+
+GRIPPER_WORDS = ("gripper", "finger", "jaw", "claw")
+
+
+def is_gripper_joint(name: str) -> bool:
+    """A joint named as a gripper (panda_finger_joint1, left_gripper, jaw): absolute by default."""
+    return any(word in name.lower() for word in GRIPPER_WORDS)
+
+
+def default_delta_action_dims(state_names, action_names) -> tuple[int, ...]:
+    """Action dims predicted as offsets by default: a joint position whose state dim has the same
+    index and name, unless it is named as a gripper; base velocities (<group>_vx, _vy, _wz, as
+    RobotConfig.action_names names them) stay absolute."""
+    return tuple(i for i, name in enumerate(action_names)
+                 if i < len(state_names) and state_names[i] == name and not is_gripper_joint(name)
+                 and name.rsplit("_", 1)[-1] not in BASE_TWIST_DIMS)
 
 
 # ----------------------------------------------------------------------------- loading

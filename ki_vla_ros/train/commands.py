@@ -1,6 +1,8 @@
 """The `ki-vla` subcommands for training data and training: convert, make-sim-dataset, train.
 
     ki-vla convert BAG [BAG ...] --config NAME OUT [--instruction TEXT] [--targets auto|commands|measured]
+    ki-vla convert LEROBOT_DIR --config NAME --mapping MAP.yaml OUT      (a LeRobot v2.1 / v3.0 dataset)
+    ki-vla export-lerobot DATASET OUT                                     (ours -> LeRobot v3.0)
     ki-vla make-sim-dataset --config NAME --episodes N OUT [--image-side PX] [--seed S]
     ki-vla train --data DIR --recipe ki --steps N --batch-size B --out DIR [--init tiny|CKPT] [--resume]
                  [--vlm-data DIR] [--vlm-ratio R] [--lr LR] ...
@@ -23,7 +25,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         description="Replays each bag through the live node's synchronizer and writes the observations "
                     "with the commanded trajectory after each of them (else the next measured joint "
                     "state) as a dataset directory (format: ki_vla_ros/train/dataset.py).")
-    convert.add_argument("bags", nargs="+", help="rosbag2 directories or .mcap / .db3 files")
+    convert.add_argument("bags", nargs="+", help="rosbag2 directories or .mcap / .db3 files, or one LeRobot "
+                                                 "dataset directory (with meta/info.json; needs --mapping)")
     convert.add_argument("out", help="dataset directory to create")
     convert.add_argument("--config", required=True, help="robot config name or YAML path")
     convert.add_argument("--instruction", default=None,
@@ -32,9 +35,21 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--targets", choices=("auto", "commands", "measured"), default="auto",
                          help="actions from recorded commands, measured joint states, or commands where "
                               "recorded (default)")
+    convert.add_argument("--mapping", default=None,
+                         help="LeRobot source: YAML naming the features of the config's state, actions and "
+                              "cameras (ki_vla_ros/train/lerobot.py)")
     convert.add_argument("--skip-bad", action="store_true", help="skip bags that cannot be used (listed)")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     convert.set_defaults(func=_convert)
+
+    export = subparsers.add_parser(
+        "export-lerobot", help="a training dataset -> a LeRobot v3.0 dataset directory",
+        description="Writes parquet frames, H.264 mp4 videos and meta/ (info.json, tasks, episodes, stats) in "
+                    "LeRobot's v3.0 layout (ki_vla_ros/train/lerobot.py).")
+    export.add_argument("data", help="dataset directory (ki-vla convert / make-sim-dataset)")
+    export.add_argument("out", help="LeRobot dataset directory to create")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export.set_defaults(func=_export_lerobot)
 
     sim = subparsers.add_parser(
         "make-sim-dataset", help="synthetic reach demonstrations with VQA co-training samples",
@@ -77,6 +92,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                        help="fraction of each batch from VLM data (default 0)")
     train.add_argument("--flow-loss-weight", type=float, default=None,
                        help="alpha in ce + alpha * flow (default: the model config's)")
+    train.add_argument("--delta-actions", default=None,
+                       help="action dims predicted as offsets from the state: 'joints' (every joint "
+                            "position except joints named as grippers), 'none', or comma-separated action "
+                            "names (default: the --init model's)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--log-every", type=int, default=10)
     train.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
@@ -96,6 +115,8 @@ def _convert(args: argparse.Namespace) -> int:
     from ki_vla_ros.train.dataset import DatasetError
 
     config = load_robot_config(args.config)
+    if len(args.bags) == 1 and (Path(args.bags[0]) / "meta" / "info.json").is_file():
+        return _convert_lerobot(args, config)
 
     def report(summary) -> None:
         if summary.error:
@@ -116,6 +137,40 @@ def _convert(args: argparse.Namespace) -> int:
     ok = [s for s in summaries if not s.error]
     print(json.dumps({"dataset": str(root), "episodes": len(ok), "frames": sum(s.frames for s in ok),
                       "skipped": len(summaries) - len(ok)}))
+    return 0
+
+
+def _convert_lerobot(args: argparse.Namespace, config) -> int:
+    from ki_vla_ros.train.dataset import DatasetError, EpisodeDataset
+    from ki_vla_ros.train.lerobot import LeRobotError, LeRobotMapping, convert_lerobot
+
+    if not args.mapping:
+        print(f"error: {args.bags[0]} is a LeRobot dataset; pass --mapping MAP.yaml naming the features of the "
+              f"config's state, actions and cameras", file=sys.stderr)
+        return 2
+    try:
+        root = convert_lerobot(args.bags[0], config, LeRobotMapping.load(args.mapping), args.out,
+                               overwrite=args.overwrite)
+    except (LeRobotError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dataset = EpisodeDataset.open(root)
+    print(json.dumps({"dataset": str(root), "episodes": len(dataset), "frames": dataset.num_frames,
+                      "skipped": 0}))
+    return 0
+
+
+def _export_lerobot(args: argparse.Namespace) -> int:
+    from ki_vla_ros.train.dataset import DatasetError, EpisodeDataset
+    from ki_vla_ros.train.lerobot import LeRobotError, export_lerobot
+
+    try:
+        dataset = EpisodeDataset.open(args.data)
+        out = export_lerobot(dataset, args.out, overwrite=args.overwrite)
+    except (LeRobotError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"lerobot_dataset": str(out), "episodes": len(dataset), "frames": dataset.num_frames}))
     return 0
 
 
@@ -152,7 +207,8 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip_norm=args.grad_clip_norm,
         vlm_ratio=args.vlm_ratio, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, out_dir=args.out, device=args.device, amp=args.amp,
-        flow_loss_weight=args.flow_loss_weight, resume=args.resume, progress=not args.no_progress)
+        flow_loss_weight=args.flow_loss_weight, resume=args.resume, progress=not args.no_progress,
+        delta_actions=args.delta_actions)
     try:
         run = prepare_run(args.data, config, init=args.init, vlm_data=args.vlm_data)
     except (DatasetError, ValueError, FileNotFoundError) as e:

@@ -230,6 +230,11 @@ class EpisodeDataset:
                                    f"{self.root} has action {action!r} and state {state!r} there; expected the same "
                                    f"joint (model config delta_action_dims)")
 
+    def data_layout(self) -> dict:
+        """What a checkpoint trained on this dataset records with its norm stats (`ki-vla check` reads it)."""
+        return {"state_names": list(self.state_names), "action_names": list(self.action_names),
+                "step_duration_s": self.step_duration_s}
+
     # ------------------------------------------------------------------ side files
     def norm_stats(self) -> dict[str, NormStats] | None:
         path = self.root / NORM_STATS_FILE
@@ -338,7 +343,7 @@ def compute_norm_stats(dataset: EpisodeDataset, save: bool = False, horizon: int
         actions = np.concatenate(actions)
     stats = {"state": NormStats.from_data(np.concatenate(states)), "actions": NormStats.from_data(actions)}
     if save:
-        save_norm_stats(dataset.root / NORM_STATS_FILE, stats)
+        save_norm_stats(dataset.root / NORM_STATS_FILE, stats, dataset.data_layout())
     return stats
 
 
@@ -434,8 +439,9 @@ def _episode_tensors(ep: Mapping[str, Any], i: int, meta: Mapping[str, Any]) -> 
     for key in ("images", "state", "actions", "instruction"):
         if key not in ep:
             raise DatasetError(f"{where} has no {key!r}; expected images, state, actions and instruction")
-    state = np.asarray(ep["state"], dtype=np.float32)
-    actions = np.asarray(ep["actions"], dtype=np.float32)
+    # C order: safetensors stores the raw buffer, so a column-major array would come back transposed
+    state = np.ascontiguousarray(ep["state"], dtype=np.float32)
+    actions = np.ascontiguousarray(ep["actions"], dtype=np.float32)
     length = state.shape[0] if state.ndim == 2 else 0
     for key, arr, names in (("state", state, meta["state_names"]), ("actions", actions, meta["action_names"])):
         if arr.shape != (length, len(names)) or length == 0:

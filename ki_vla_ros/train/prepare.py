@@ -24,6 +24,7 @@ import torch
 from ki_vla_ros.model.config import KIVLAConfig
 from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.model.normalize import normalize
+from ki_vla_ros.runtime.config import default_delta_action_dims
 from ki_vla_ros.train.batching import ActionChunkSampler, VLMSampler
 from ki_vla_ros.train.dataset import EpisodeDataset, ensure_fast_tokenizer, ensure_norm_stats
 from ki_vla_ros.train.distributed import DistContext, barrier, init_distributed
@@ -59,6 +60,21 @@ def build_model(init: str, dataset: EpisodeDataset, seed: int = 0) -> KIVLA:
     return KIVLA.from_pretrained(init)
 
 
+def delta_action_dims(choice: str, dataset: EpisodeDataset) -> tuple[int, ...]:
+    """--delta-actions: "none", "joints" (default_delta_action_dims of the dataset's names) or
+    comma-separated action names -> increasing action dims."""
+    if choice == "none":
+        return ()
+    if choice == "joints":
+        return default_delta_action_dims(dataset.state_names, dataset.action_names)
+    names = [n.strip() for n in choice.split(",") if n.strip()]
+    unknown = [n for n in names if n not in dataset.action_names]
+    if unknown or not names:
+        raise ValueError(f"--delta-actions names {unknown or choice!r}; expected 'none', 'joints' or action names "
+                         f"of dataset {dataset.root}: {list(dataset.action_names)}")
+    return tuple(sorted(dataset.action_names.index(n) for n in names))
+
+
 def check_fits(model: KIVLA, dataset: EpisodeDataset) -> None:
     c = model.config
     slots = max(dataset.camera_slots.values()) + 1
@@ -74,7 +90,14 @@ def prepare_run(data_dir, config: TrainConfig, *, init: str = "tiny", vlm_data=N
     resumed = config.resume and config.out_dir is not None and (last / TRAINER_STATE_JSON).is_file()
     model = KIVLA.from_pretrained(last) if resumed else build_model(init, dataset, config.seed)
     check_fits(model, dataset)
+    if config.delta_actions is not None:
+        dims = delta_action_dims(config.delta_actions, dataset)
+        if resumed and dims != model.config.delta_action_dims:
+            raise ValueError(f"--delta-actions {config.delta_actions!r} gives dims {list(dims)}, but the run being "
+                             f"resumed predicts {list(model.config.delta_action_dims)} as offsets")
+        model.config = dataclasses.replace(model.config, delta_action_dims=dims)
     c = model.config
+    model.data_layout = dataset.data_layout()
 
     delta = c.delta_action_dims
     dataset.check_delta_dims(delta)

@@ -81,6 +81,10 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK when there is a GPU), "cpu", "cuda", "cuda:1"
     amp: str = "auto"  # "auto" (bf16 autocast on cuda, off on cpu), "bf16", "off"
     flow_loss_weight: float | None = None  # alpha; None = the model config's flow_loss_weight
+    # action dims predicted as offsets from the state (KIVLAConfig.delta_action_dims): None = the
+    # init model's; "none"; "joints" (runtime.config.default_delta_action_dims: grippers stay
+    # absolute); or comma-separated action names
+    delta_actions: str | None = None
     resume: bool = False  # continue from out_dir/last when it exists
     progress: bool = True  # tqdm progress bar (rank 0)
     prefetch: bool = True  # build the next batch in a background thread while this one trains

@@ -33,22 +33,25 @@ def arm_config() -> RobotConfig:
 COMMAND_GRID_S = 0.1  # commands are knots on this absolute-time grid, linear in between
 
 
-def commanded_actions(config: RobotConfig, times_s) -> np.ndarray:
+def commanded_actions(config: RobotConfig, times_s, still_joints=()) -> np.ndarray:
     """The commanded joint positions [T, D] at any absolute time: a slow sine per joint
-    inside its limits, sampled on the COMMAND_GRID_S grid and linear in between, so
-    trajectories whose points lie on that grid reproduce it exactly at every instant."""
+    inside its limits (still_joints: held at the middle of their limits), sampled on the
+    COMMAND_GRID_S grid and linear in between, so trajectories whose points lie on that grid
+    reproduce it exactly at every instant."""
     times_s = np.asarray(times_s, dtype=np.float64)
     knot = np.floor(times_s / COMMAND_GRID_S)
     frac = (times_s / COMMAND_GRID_S - knot)[:, None]
-    return (1 - frac) * _sine(config, knot * COMMAND_GRID_S) + frac * _sine(config, (knot + 1) * COMMAND_GRID_S)
+    return ((1 - frac) * _sine(config, knot * COMMAND_GRID_S, still_joints)
+            + frac * _sine(config, (knot + 1) * COMMAND_GRID_S, still_joints))
 
 
-def _sine(config: RobotConfig, times_s: np.ndarray) -> np.ndarray:
+def _sine(config: RobotConfig, times_s: np.ndarray, still_joints=()) -> np.ndarray:
     t = times_s[:, None]
     lower = np.array([config.joint_limits[j].lower for j in config.joints])
     upper = np.array([config.joint_limits[j].upper for j in config.joints])
     dims = np.arange(len(config.joints))
-    return (lower + upper) / 2 + 0.2 * (upper - lower) * np.sin(2 * np.pi * (0.3 + 0.1 * dims) * t + 0.7 * dims)
+    amplitude = 0.2 * np.array([0.0 if j in still_joints else 1.0 for j in config.joints])
+    return (lower + upper) / 2 + amplitude * (upper - lower) * np.sin(2 * np.pi * (0.3 + 0.1 * dims) * t + 0.7 * dims)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def write_episode_bag(path, config: RobotConfig | None = None, storage: str = "m
                       start_s: float = 1000.0, duration_s: float = 2.0, camera_hz: float = 10.0,
                       joint_hz: float = 50.0, command_period_s: float = 0.5, commands: bool = True,
                       joint_names=None, command_joint_names=None, drop_topics=(),
-                      instruction: str | None = "wave the arm") -> Episode:
+                      instruction: str | None = "wave the arm", still_joints=()) -> Episode:
     """Simulate and write one episode. Commands reach a horizon past the end of the bag,
     so every chunk of the episode has a recorded target at each of its steps."""
     config = config or arm_config()
@@ -119,7 +122,7 @@ def write_episode_bag(path, config: RobotConfig | None = None, storage: str = "m
                     write(camera.topic, t_ns, make_image(store, t_s, rgb) if camera.message_type == "raw"
                           else make_compressed_image(store, t_s, rgb))
             if commands and due(command_period_s, tick):
-                plan = commanded_actions(config, t_s + dt * np.arange(steps))
+                plan = commanded_actions(config, t_s + dt * np.arange(steps), still_joints)
                 for group in config.action_groups:
                     positions = plan[:, [config.joints.index(j) for j in group.joints]]
                     names = list(command_joint_names or group.joints) if group.name == "arm" \

@@ -42,6 +42,18 @@ def test_written_episodes_read_back_identically(tmp_path):
     assert dataset.vlm_samples() == [{"episode": 1, "frame": 6, "question": "q?", "answer": "a"}]
 
 
+def test_column_major_state_and_actions_are_stored_in_their_own_layout(tmp_path):
+    episode = _episode(6, 2)
+    # a column selection (what mapping joints onto a vector does) gives Fortran-ordered arrays
+    episode["state"] = np.asfortranarray(episode["state"])
+    episode["actions"] = np.random.default_rng(3).normal(size=(2, 6)).astype(np.float32).T
+    assert not episode["state"].flags.c_contiguous and not episode["actions"].flags.c_contiguous
+
+    got = EpisodeDataset.open(_write(tmp_path / "d", [episode])).episode(0)
+    np.testing.assert_array_equal(got["state"], episode["state"])
+    np.testing.assert_array_equal(got["actions"], episode["actions"])
+
+
 def test_chunks_past_the_end_of_an_episode_repeat_its_last_action():
     actions = np.arange(8, dtype=np.float32).reshape(4, 2)
     chunks = action_chunks(actions, horizon=3)  # [T, H, Da]

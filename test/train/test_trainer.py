@@ -85,6 +85,25 @@ def test_the_last_checkpoint_is_a_model_the_policy_loads(sim_dataset_dir, sim_da
     assert np.isfinite(chunk).all()
     assert (tmp_path / "checkpoint_000002" / "model.safetensors").is_file()
     assert predictor.model.fast_tokenizer is not None  # the FAST baseline can decode from it too
+    # the names and step it was trained on ride along with the norm stats (`ki-vla check` compares them)
+    assert predictor.model.data_layout == {"state_names": list(sim_dataset.state_names),
+                                           "action_names": list(sim_dataset.action_names),
+                                           "step_duration_s": sim_dataset.step_duration_s}
+
+
+def test_delta_actions_joints_makes_every_joint_an_offset_except_the_gripper(sim_dataset_dir, sim_dataset):
+    # recipe pi0: no FAST refit, so the shared dataset directory is left as it is
+    run = prepare_run(sim_dataset_dir, _config(recipe="pi0", vlm_ratio=0.0, delta_actions="joints"))
+    names = sim_dataset.action_names  # panda_joint1..7, panda_finger_joint1
+    assert [names[d] for d in run.model.config.delta_action_dims] == [n for n in names if "finger" not in n]
+    # the norm stats are those of the offsets: a joint's offsets are centred near 0, its positions are not
+    assert abs(run.model.norm_stats["actions"].mean[1]) < abs(sim_dataset.norm_stats()["actions"].mean[1])
+
+    run = prepare_run(sim_dataset_dir,
+                      _config(recipe="pi0", vlm_ratio=0.0, delta_actions="panda_joint2, panda_joint1"))
+    assert run.model.config.delta_action_dims == (0, 1)
+    with pytest.raises(ValueError, match=r"--delta-actions names \['elbow'\]; expected 'none', 'joints' or"):
+        prepare_run(sim_dataset_dir, _config(recipe="pi0", vlm_ratio=0.0, delta_actions="elbow"))
 
 
 def test_vlm_slots_are_spread_evenly_whatever_the_split_over_ranks():

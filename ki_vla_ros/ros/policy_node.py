@@ -280,6 +280,8 @@ class PolicyNode(LifecycleNode):
         self.health.arrived(JOINT_STATES, stamp_s, self.now_s())
         problem = joint_state_problem(msg.name, msg.position, self.config.joints)
         if problem:
+            problem = f"joint state ({self.config.joint_states_topic}): {problem}"
+            self.loop.record_error(problem, source=JOINT_STATES)
             self.health.bad(JOINT_STATES, problem, self.now_s())
             self._report(f"joint state ignored: {problem}")
             return

@@ -54,7 +54,9 @@ class ObservationPublisher:
         pubs = [*self.cams.values(), self.joints_pub] + ([self.odom_pub] if self.odom_pub else [])
         return all(p.get_subscription_count() > 0 for p in pubs)
 
-    def publish(self, positions=None, names=None):
+    def publish(self, positions=None, names=None, cameras=True, joint_stamp_offset_s=0.0):
+        """One observation, every input with the same stamp; cameras=False sends the joint
+        states (and odometry) alone; joint_stamp_offset_s shifts the joint states' stamp."""
         import cv2
         from sensor_msgs.msg import CompressedImage, Image, JointState
 
@@ -63,7 +65,7 @@ class ObservationPublisher:
         from ki_vla_ros.ros.conversions import s_to_time
 
         t = s_to_time(stamp)
-        for camera in self.config.cameras:
+        for camera in self.config.cameras if cameras else ():
             w, h = camera.width or 64, camera.height or 48
             rgb = np.full((h, w, 3), 90, np.uint8)
             rgb[h // 3: h // 2, w // 3: w // 2] = (200, 30, 30)
@@ -80,7 +82,7 @@ class ObservationPublisher:
         values = self.positions if positions is None else positions
         names = list(values) if names is None else names
         js = JointState(name=names, position=[float(values[n]) for n in names])
-        js.header.stamp = t
+        js.header.stamp = s_to_time(stamp + joint_stamp_offset_s)
         self.joints_pub.publish(js)
         if self.odom_pub is not None:
             from nav_msgs.msg import Odometry

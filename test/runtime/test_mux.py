@@ -357,3 +357,30 @@ def test_concurrent_commands_switches_and_ticks_keep_the_output_bumpless():
         t.join()
     assert mux.status(1.0).mode_switches == 59
     assert forwarded and all(largest_step(c) <= MAX_STEP + 1e-12 for c in forwarded)
+
+
+def test_time_spent_holding_counts_holds_after_motion_not_the_start_up_wait():
+    mux = mux_at(mode="policy", stamp_s=0.0)
+    assert mux.status(5.0).groups[0].holding_s == 0.0  # never moved: the start-up wait is not a hold
+    measure(mux, HOME, 0.04, 5.0)
+    assert mux.on_command("policy", arm_command(HOME, 5.0), now_s=5.0).forwarded
+    assert len(mux.tick(6.5)) == 1  # silent 1.5 s > policy_timeout_s: holds from 6.5 s
+    assert mux.status(7.0).groups[0].holding_s == pytest.approx(0.5)
+    measure(mux, HOME, 0.04, 8.0)
+    assert mux.on_command("policy", arm_command(HOME, 8.0), now_s=8.0).forwarded
+    assert mux.status(20.0).groups[0].holding_s == pytest.approx(1.5)  # 6.5 .. 8.0, then moving
+    mux.switch("hold", 21.0)
+    assert mux.status(22.0).groups[0].holding_s == pytest.approx(2.5)
+
+
+def test_switching_to_hold_on_exit_holds_every_moving_group_at_the_measured_position():
+    """What command_mux does when it is stopped (prepare_to_exit): switch to hold, then tick."""
+    mux = mux_at(mode="policy", stamp_s=0.0)
+    mux.on_command("policy", arm_command([HOME, HOME + 0.04], 0.0), now_s=0.0)
+    measure(mux, HOME + 0.01, 0.04, 0.05)
+    mux.switch(MuxMode.HOLD, 0.1)
+    holds = mux.tick(0.1)
+    assert [h.group for h in holds] == ["arm"]  # the gripper never moved
+    point = holds[0].command.points[0]
+    np.testing.assert_allclose(point.positions, HOME + 0.01)
+    assert point.velocities == (0.0,) * len(ARM)

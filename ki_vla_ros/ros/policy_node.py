@@ -66,6 +66,9 @@ from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUB
 CONFIGURE_FAILED_EXIT = 3
 # How long a stopping node waits for its hold commands to be acknowledged.
 EXIT_ACK_TIMEOUT_S = 1.0
+# Input checks while a chunk runs (see _watchdog), and the shortest silence that is a fault.
+WATCHDOG_PERIOD_S = 0.05
+MIN_SILENT_S = 0.5
 
 
 def percentile_ms(values, q: float) -> float:
@@ -139,7 +142,7 @@ class PolicyNode(LifecycleNode):
         self.configure_error = ""
         self.loop = PolicyLoop(self.config, self.policy)
         self.health = InputHealth(self._input_topics(), self.config.sync.max_age_s,
-                                  silent_after_s=max(1.0, 2.0 * self.config.sync.max_age_s))
+                                  silent_after_s=max(MIN_SILENT_S, 2.0 * self.config.sync.max_age_s))
         warning = chunk_period_warning(self.config, warm_inference_s)
         if warning:
             self.get_logger().warning(warning)
@@ -231,6 +234,7 @@ class PolicyNode(LifecycleNode):
             self.twist_pub = self.create_lifecycle_publisher(Twist, c.base_group.policy_topic, 10)
             keep(self.twist_pub)
             keep(self.create_timer(1.0 / c.control_rate_hz, self._stream_twist))
+        keep(self.create_timer(WATCHDOG_PERIOD_S, self._watchdog))
 
     def _destroy_interfaces(self) -> None:
         for entity in self._interfaces:
@@ -358,6 +362,15 @@ class PolicyNode(LifecycleNode):
             self.obs_to_command_ms.append((self.now_s() - observation.stamp_s) * 1e3)
             self.act_overhead_ms.append((time.perf_counter() - t0) * 1e3 - chunk.timings.inference_ms)
             self.state = "running"
+
+    def _watchdog(self) -> None:
+        """Hold as soon as an input is at fault while a chunk is running: without it the robot
+        would run out the chunk and then wait for the mux's policy_timeout_s."""
+        if not self._active.is_set() or self.loop.scheduler.current is None:
+            return
+        fault = self.health.fault(self.now_s())
+        if fault:
+            self._hold(f"input fault: {fault}")
 
     def _stream_twist(self) -> None:
         if not self._active.is_set() or self.twist_pub is None:

@@ -9,6 +9,12 @@ config says) of a table with colored blocks.
 
 It also reports, for the demo and tests, how far the grippers are from the block named
 in the current instruction: /sim_robot/status (std_msgs/String, JSON).
+
+Sensor faults can be injected, as a real robot produces them, for fault tests and the soak
+benchmark: publish one of SENSOR_FAULTS on /sim_robot/inject_fault (std_msgs/String); "none"
+ends it. nan_state: the first joint's position is NaN; stale_stamps: joint states stamped
+5 s in the past; stall_camera: the first camera stops publishing; bad_image: the first
+camera publishes 16UC1 images (an encoding no policy accepts), or bytes that are not a JPEG.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.sim.robot import SimRobot
 
 
+SENSOR_FAULTS = ("none", "nan_state", "stale_stamps", "stall_camera", "bad_image")
+STALE_STAMP_OFFSET_S = 5.0
+
+
 class SimRobotNode(Node):
     def __init__(self, node_name: str = "sim_robot", *, context=None, **node_kwargs):
         super().__init__(node_name, context=context, **node_kwargs)
@@ -54,6 +64,8 @@ class SimRobotNode(Node):
             else:
                 self.create_subscription(Twist, group.controller_topic, self._on_twist, 10)
         self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, 10)
+        self.fault = "none"
+        self.create_subscription(String, "~/inject_fault", self._on_fault, 10)
         self.joint_pub = self.create_publisher(JointState, self.config.joint_states_topic, qos_profile_sensor_data)
         self.odom_pub = (self.create_publisher(Odometry, self.config.odom_topic, qos_profile_sensor_data)
                          if self.config.odom_topic else None)
@@ -87,13 +99,23 @@ class SimRobotNode(Node):
     def _on_instruction(self, msg: String) -> None:
         self.target = next((name for name in self.robot.scene.names if name in msg.data.lower()), "")
 
+    def _on_fault(self, msg: String) -> None:
+        if msg.data not in SENSOR_FAULTS:
+            self.get_logger().error(f"inject_fault: unknown fault {msg.data!r}; expected one of {SENSOR_FAULTS}")
+            return
+        self.fault = msg.data
+        self.get_logger().warning(f"injected sensor fault: {self.fault}")
+
     def _publish_state(self) -> None:
         if self.robot.step(self.now_s()) == 0 and self._state_published:
             return  # no controller tick since the last message: same stamp, nothing new
         self._state_published = True
+        stamp_s = self.robot.time_s - (STALE_STAMP_OFFSET_S if self.fault == "stale_stamps" else 0.0)
         stamp = conv.s_to_time(self.robot.time_s)
         names, positions, velocities = self.robot.joint_state()
-        self.joint_pub.publish(conv.joint_state_msg(names, positions, velocities, stamp))
+        if self.fault == "nan_state":
+            positions = [float("nan"), *positions[1:]]
+        self.joint_pub.publish(conv.joint_state_msg(names, positions, velocities, conv.s_to_time(stamp_s)))
         if self.odom_pub is not None:
             x, y, yaw, vx, vy, wz = self.robot.odometry()
             odom = Odometry()
@@ -107,8 +129,20 @@ class SimRobotNode(Node):
     def _publish_images(self) -> None:
         images = self.robot.images(self.now_s())
         stamp = conv.s_to_time(self.robot.time_s)
-        for camera in self.config.cameras:
+        for index, camera in enumerate(self.config.cameras):
             rgb = images[camera.name]
+            if index == 0 and self.fault == "stall_camera":
+                continue
+            if index == 0 and self.fault == "bad_image":
+                if camera.message_type == "raw":
+                    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="16UC1", step=rgb.shape[1] * 2)
+                    msg.data = bytes(rgb.shape[0] * rgb.shape[1] * 2)
+                else:
+                    msg = CompressedImage(format="jpeg")
+                    msg.data = b"not a jpeg"
+                msg.header.stamp, msg.header.frame_id = stamp, camera.name
+                self.camera_pubs[camera.name].publish(msg)
+                continue
             if camera.message_type == "raw":
                 self.camera_pubs[camera.name].publish(conv.rgb_to_image(rgb, stamp, camera.name))
             else:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import sys
@@ -117,29 +116,21 @@ class Observer:
 
 
 def run(minutes: float, period_s: float, fault_s: float, checkpoint: str, domain_id: int) -> dict:
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
     from ki_vla_ros.ros.bringup import Graph
-    from ki_vla_ros.ros.dds import PROFILE_VARIABLE, graph_environment
+    from ki_vla_ros.ros.dds import local_graph_environment
+    from ki_vla_ros.ros.graph import observer_node
     from ki_vla_ros.ros.graph_spec import graph_nodes
     from ki_vla_ros.runtime.config import load_robot_config
 
     config = load_robot_config("mobile")
     log_dir = Path(tempfile.mkdtemp(prefix="ki_vla_soak_"))
-    env = graph_environment(dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST"))
-    if PROFILE_VARIABLE in env:
-        os.environ.setdefault(PROFILE_VARIABLE, env[PROFILE_VARIABLE])
-    graph = Graph(graph_nodes("mobile", sim=True, checkpoint=checkpoint), env=env, log_dir=log_dir)
+    graph = Graph(graph_nodes("mobile", sim=True, checkpoint=checkpoint), env=local_graph_environment(domain_id),
+                  log_dir=log_dir)
     print(f"[soak] logs in {log_dir}; ROS_DOMAIN_ID={domain_id}", flush=True)
-    context = Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    node = rclpy.create_node("soak_observer", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+    context, node, executor = observer_node("soak_observer", domain_id)
     obs = Observer(node, config)
 
     def spin_for(seconds):

@@ -34,3 +34,14 @@ def graph_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
         if profile is not None:
             env[PROFILE_VARIABLE] = str(profile)
     return env
+
+
+def local_graph_environment(domain_id: int, **extra: str) -> dict[str, str]:
+    """graph_environment for a graph this process starts on `domain_id` and then watches: the
+    children's environment, and this process gets the same DDS profile (before its first
+    rclpy context)."""
+    env = graph_environment(dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                                 **extra))
+    if PROFILE_VARIABLE in env:
+        os.environ.setdefault(PROFILE_VARIABLE, env[PROFILE_VARIABLE])
+    return env

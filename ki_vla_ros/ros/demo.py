@@ -21,7 +21,6 @@ or no chunk is conditioned on one.
 from __future__ import annotations
 
 import json
-import os
 import random
 import tempfile
 import time
@@ -144,13 +143,9 @@ class DemoObserver:
 
 def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
              config_name: str = "single_arm", checkpoint: str = "") -> int:
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-
     from ki_vla_ros.ros.bringup import Graph, describe_exit
-    from ki_vla_ros.ros.dds import PROFILE_VARIABLE, graph_environment
-    from ki_vla_ros.ros.graph import GraphTimeout
+    from ki_vla_ros.ros.dds import local_graph_environment
+    from ki_vla_ros.ros.graph import GraphTimeout, observer_node
     from ki_vla_ros.ros.graph_spec import graph_nodes
     from ki_vla_ros.runtime.config import load_robot_config
     from ki_vla_ros.runtime.model_loading import describe_checkpoint
@@ -160,20 +155,13 @@ def run_demo(duration_s: float, summary_json: str | None, domain_id: int | None,
     weights = describe_checkpoint(checkpoint)
     domain_id = domain_id if domain_id is not None else random.randint(101, 200)
     log_dir = Path(tempfile.mkdtemp(prefix="ki_vla_demo_"))
-    env = graph_environment(dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                                 RCUTILS_LOGGING_DIRECTORY=str(log_dir)))
-    if PROFILE_VARIABLE in env:  # the observer in this process uses the same transports
-        os.environ.setdefault(PROFILE_VARIABLE, env[PROFILE_VARIABLE])
+    env = local_graph_environment(domain_id, RCUTILS_LOGGING_DIRECTORY=str(log_dir))
     specs = graph_nodes(config_name, sim=True, checkpoint=checkpoint)
     print(f"[demo] config {config_name}: {', '.join(s.name for s in specs)} on ROS_DOMAIN_ID={domain_id} "
           f"(localhost only); model: {weights}")
     print(f"[demo] node logs: {log_dir}")
     graph = Graph(specs, env=env, log_dir=log_dir)
-    context = Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    node = rclpy.create_node("ki_vla_demo_observer", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+    context, node, executor = observer_node("ki_vla_demo_observer", domain_id)
     observer = DemoObserver(node, config)
 
     def check_nodes():

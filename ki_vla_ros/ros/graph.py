@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import rclpy
+from rclpy.context import Context
 from rclpy.executors import Executor, SingleThreadedExecutor
 from rclpy.node import Node
 
@@ -60,3 +62,14 @@ def wait_for_publishers(node: Node, subscription, count: int = 1, timeout_s: flo
         timeout_s,
         f"{count} publisher(s) on {subscription.topic_name}",
     )
+
+
+def observer_node(name: str, domain_id: int) -> tuple[Context, Node, SingleThreadedExecutor]:
+    """A node of this process on its own context on `domain_id`, with an executor to spin it
+    (the demo and the benchmarks watch the graph they started with one)."""
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    node = rclpy.create_node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    return context, node, executor

@@ -88,8 +88,10 @@ def load_pretrained(directory, *, config: KIVLAConfig | None = None, device: str
     text_tokenizer = _load_text_tokenizer(directory, config)
     with torch.device(device):  # random init where the weights go, then cast before copying them in
         model = KIVLA(config, text_tokenizer=text_tokenizer)
-    if dtype is not None:
-        model.to(dtype)
+    if dtype is not None:  # openpi's policy: RMSNorms and SigLIP embeddings stay fp32 (precision.py)
+        from .precision import set_precision
+
+        set_precision(model, dtype)
     load_weights(model, shapes, files, layout)
     model.norm_stats = _load_norm_stats(directory)
     model.fast_tokenizer = _load_fast_tokenizer(directory)

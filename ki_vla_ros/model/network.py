@@ -105,7 +105,7 @@ class AdaptiveRMSNorm(nn.Module):
         """x [B, N, W], cond [B, C] -> (normalized x [B, N, W], gate [B, 1, W])."""
         var = x.float().pow(2).mean(-1, keepdim=True)
         normed = x.float() * torch.rsqrt(var + self.eps)
-        scale, shift, gate = self.dense(cond)[:, None, :].chunk(3, dim=-1)
+        scale, shift, gate = self.dense(cond.to(self.dense.weight.dtype))[:, None, :].chunk(3, dim=-1)
         return (normed * (1 + scale.float()) + shift.float()).to(x.dtype), gate.to(x.dtype)
 
 
@@ -220,8 +220,17 @@ def _mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """q [B, heads, Nq, hd], k/v [B, kv_heads, Nk, hd], bias [B, 1, Nq, Nk] -> [B, Nq, heads * hd]."""
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+    """q [B, heads, Nq, hd], k/v [B, kv_heads, Nk, hd], bias [B, 1, Nq, Nk] -> [B, Nq, heads * hd].
+
+    On CUDA the K/V heads are repeated to the query heads: SDPA's GQA runs only on its flash
+    and math kernels, flash takes no mask, so with GQA these masks would fall back to the math
+    kernel; repeated, they run on the memory-efficient kernel (benchmarks/gpu_check.py times both).
+    """
+    if q.is_cuda and k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
     return out.transpose(1, 2).flatten(2)
 
 
@@ -273,8 +282,10 @@ class KIVLA(nn.Module):
         """-> prefix embeddings [B, P, W] and their pad mask [B, P], P = N_cam * tokens_per_image + L."""
         _check_inputs(inputs, self.config)
         b, n_cam = inputs.image_masks.shape
-        pixels = inputs.images.flatten(0, 1).to(self.device, self.dtype)  # [B * N_cam, 3, S, S]
-        features = self.backbone.model.vision_tower(pixel_values=pixels).last_hidden_state
+        tower = self.backbone.model.vision_tower  # SigLIP; its embeddings may be fp32 (precision.py)
+        pixels = inputs.images.flatten(0, 1).to(self.device, tower.embeddings.patch_embedding.weight.dtype)
+        patches = tower.embeddings(pixels).to(self.dtype)  # [B * N_cam, I, W_vision]
+        features = tower.post_layernorm(tower.encoder(inputs_embeds=patches).last_hidden_state)
         img = self.backbone.model.multi_modal_projector(features)  # [B * N_cam, I, W], not scaled (openpi)
         n_img = img.shape[1]
         img = img.reshape(b, n_cam * n_img, -1)

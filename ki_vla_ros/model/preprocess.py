@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -61,6 +60,8 @@ def resize_with_pad(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     if tuple(img.shape[:2]) == (size, size):
         return img.copy()
     new_h, new_w, top, left, shrink = _fit_inside(*img.shape[:2], size)
+    import cv2  # here, not at the top: the device-side path and the GPU check run without OpenCV
+
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     resized = cv2.resize(np.ascontiguousarray(img), (new_w, new_h), interpolation=interp)
     out = np.zeros((size, size, 3), dtype=np.uint8)

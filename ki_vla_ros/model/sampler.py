@@ -33,16 +33,14 @@ class ChunkSampler:
                  graph_scope: str = "full", prompt_len: int | None = None):
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile is {compile!r}; expected one of {list(COMPILE_MODES)}")
-        if graph_scope not in GRAPH_SCOPES:
-            raise ValueError(f"graph_scope is {graph_scope!r}; expected one of {list(GRAPH_SCOPES)}")
-        if cuda_graph and model.device.type != "cuda":
-            raise ValueError(f"cuda_graph is true but the model is on {model.device}; CUDA graphs need a CUDA "
-                             f"device (set cuda_graph: false, or device: cuda)")
         self.model = model
         self.config = model.config
         self.compile = compile
-        self.cuda_graph = cuda_graph
+        self.cuda_graph = False
         self.graph_scope = graph_scope
+        self._graphs: dict[tuple, _CapturedCall] = {}
+        if cuda_graph:
+            self.enable_cuda_graph(graph_scope)
         self.prompt_len = prompt_len or model.config.max_token_len
         self._prefix_kv, self._expert_step = model._prefix_kv, model._run_expert
         if compile != "off":
@@ -50,7 +48,16 @@ class ChunkSampler:
             mode = "max-autotune-no-cudagraphs" if compile == "max-autotune" else None
             self._prefix_kv = torch.compile(model._prefix_kv, mode=mode, dynamic=False)
             self._expert_step = torch.compile(model._run_expert, mode=mode, dynamic=False)
-        self._graphs: dict[tuple, _CapturedCall] = {}
+
+    def enable_cuda_graph(self, scope: str = "full") -> None:
+        """From the next call on, capture (once per input shape) and replay a CUDA graph of `scope`."""
+        if scope not in GRAPH_SCOPES:
+            raise ValueError(f"graph_scope is {scope!r}; expected one of {list(GRAPH_SCOPES)}")
+        if self.model.device.type != "cuda":
+            raise ValueError(f"cuda_graph is true but the model is on {self.model.device}; CUDA graphs need a "
+                             f"CUDA device (set cuda_graph: false, or device: cuda)")
+        self.cuda_graph, self.graph_scope = True, scope
+        self._graphs = {}
 
     def pad_prompt(self, inputs: ModelInputs) -> ModelInputs:
         """Right-pad tokens [B, L] to [B, prompt_len] (padding is masked: the actions do not change)."""

@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package source, when run as a script
 
 from ki_vla_ros.model.config import KIVLAConfig  # noqa: E402
-from ki_vla_ros.model.network import KIVLA, ModelInputs, count_parameters  # noqa: E402
+from ki_vla_ros.model.network import KIVLA, ModelInputs, repeat_kv_heads, count_parameters  # noqa: E402
 from ki_vla_ros.model.precision import set_precision  # noqa: E402
 from ki_vla_ros.model.sampler import ChunkSampler  # noqa: E402
 
@@ -159,7 +160,7 @@ def attention_kernels(config: KIVLAConfig, cameras: int, prompt_len: int, dtype,
         k, v = (torch.randn(1, kvh, nk, hd, device=device, dtype=dtype) for _ in range(2))
         bias = torch.zeros(1, 1, nq, nk, device=device, dtype=dtype)
         bias[..., nk - 20:] = torch.finfo(dtype).min / 2  # some keys masked, as padding is
-        k_rep, v_rep = (t.repeat_interleave(h // kvh, dim=1) for t in (k, v))
+        k_rep, v_rep = (repeat_kv_heads(t, h) for t in (k, v))
         variants = {
             "gqa, any kernel": (lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True), None),
             "repeated kv, any kernel": (lambda: F.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=bias), None),
@@ -315,7 +316,8 @@ def main(argv=None) -> dict:
     results: dict = {"info": {
         "date": time.strftime("%Y-%m-%d %H:%M"), "preset": "tiny (1 layer)" if args.tiny else "pi05",
         "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__, "horizon": config.action_horizon,
+        "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
+        "transformers": transformers.__version__, "horizon": config.action_horizon,
         "flow_steps": config.num_flow_steps, "prompt_len": config.max_token_len, "runs": args.runs},
         "attention": [], "latency": [], "training_step": None, "skipped": budget.skipped}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +340,9 @@ def main(argv=None) -> dict:
     else:
         budget.skipped.append("max-autotune: not asked for (--max-autotune; its compile takes minutes)")
     # One compiled function serves 3 camera counts x (plain, graph) x modes: room for all of them.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    for limit in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 32))
 
     def inference_model() -> KIVLA:
         torch.manual_seed(0)

@@ -227,11 +227,18 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     kernel; repeated, they run on the memory-efficient kernel (benchmarks/gpu_check.py times both).
     """
     if q.is_cuda and k.shape[1] != q.shape[1]:
-        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        k, v = (repeat_kv_heads(t, q.shape[1]) for t in (k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
     return out.transpose(1, 2).flatten(2)
+
+
+def repeat_kv_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, kv_heads, N, hd] -> [B, heads, N, hd], query head h reading K/V head h // (heads / kv_heads)
+    (as GQA; expand + reshape never synchronizes with the GPU, so it can be captured in a CUDA graph)."""
+    b, kv_heads, n, hd = t.shape
+    return t[:, :, None].expand(b, kv_heads, heads // kv_heads, n, hd).reshape(b, heads, n, hd)
 
 
 # ----------------------------------------------------------------------------- model
@@ -283,6 +290,7 @@ class KIVLA(nn.Module):
         _check_inputs(inputs, self.config)
         b, n_cam = inputs.image_masks.shape
         tower = self.backbone.model.vision_tower  # SigLIP; its embeddings may be fp32 (precision.py)
+        tower = getattr(tower, "vision_model", tower)  # transformers releases that still nest it
         pixels = inputs.images.flatten(0, 1).to(self.device, tower.embeddings.patch_embedding.weight.dtype)
         patches = tower.embeddings(pixels).to(self.dtype)  # [B * N_cam, I, W_vision]
         features = tower.post_layernorm(tower.encoder(inputs_embeds=patches).last_hidden_state)

@@ -83,8 +83,8 @@ def resize_with_pad_torch(img: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Te
     if (h, w) == (size, size):
         return img.clone()
     new_h, new_w, top, left, shrink = _fit_inside(h, w, size)
-    rows = _resample_matrix(h, new_h, shrink).to(img.device)  # [new_h, h]
-    cols = _resample_matrix(w, new_w, shrink).to(img.device)  # [new_w, w]
+    rows = _resample_matrix(h, new_h, shrink, str(img.device))  # [new_h, h]
+    cols = _resample_matrix(w, new_w, shrink, str(img.device))  # [new_w, w]
     resized = torch.einsum("ih,hwc,jw->ijc", rows, img.float(), cols).round().clamp(0, 255).to(torch.uint8)
     out = torch.zeros(size, size, 3, dtype=torch.uint8, device=img.device)
     out[top : top + new_h, left : left + new_w] = resized
@@ -102,8 +102,9 @@ def _fit_inside(h: int, w: int, size: int) -> tuple[int, int, int, int, bool]:
 
 
 @functools.lru_cache(maxsize=32)
-def _resample_matrix(n_in: int, n_out: int, area: bool) -> torch.Tensor:
-    """OpenCV's 1-D resampling weights as a matrix [n_out, n_in] (float32, rows sum to 1)."""
+def _resample_matrix(n_in: int, n_out: int, area: bool, device: str) -> torch.Tensor:
+    """OpenCV's 1-D resampling weights as a matrix [n_out, n_in] (float32, rows sum to 1), kept on
+    `device` (a camera's size rarely changes: one upload per size)."""
     m = np.zeros((n_out, n_in))
     scale = n_in / n_out
     for i in range(n_out):
@@ -122,7 +123,7 @@ def _resample_matrix(n_in: int, n_out: int, area: bool) -> torch.Tensor:
             m[i, j] += 1 - frac
             if frac:
                 m[i, j + 1] += frac
-    return torch.from_numpy(m).float()
+    return torch.from_numpy(m).float().to(device)
 
 
 def preprocess_image_torch(img: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:

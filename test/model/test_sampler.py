@@ -91,3 +91,18 @@ def test_prepare_images_on_a_device_gives_the_cpu_inputs_and_masks():
     torch.testing.assert_close(dev_pixels, cpu_pixels, rtol=0, atol=2 / 255 + 1e-6)
     with pytest.raises(ValueError, match=r"expected HxWx3 uint8"):
         preprocess_image_torch(torch.zeros(4, 4, 3), 8)
+
+
+def test_repeated_kv_heads_attend_like_grouped_query_attention():
+    """The CUDA path of the attention (K/V heads repeated, no enable_gqa) computes the same as GQA."""
+    import torch.nn.functional as F
+
+    from ki_vla_ros.model.network import repeat_kv_heads
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 5, 16, generator=g)
+    k, v = (torch.randn(2, 2, 7, 16, generator=g) for _ in range(2))
+    bias = torch.where(torch.rand(2, 1, 5, 7, generator=g) > 0.3, 0.0, -1e9)
+    grouped = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+    repeated = F.scaled_dot_product_attention(q, repeat_kv_heads(k, 8), repeat_kv_heads(v, 8), attn_mask=bias)
+    torch.testing.assert_close(repeated, grouped, rtol=0, atol=1e-6)

@@ -134,7 +134,7 @@ def reset_peak(device: torch.device) -> None:
 def model_config(tiny: bool) -> KIVLAConfig:
     if tiny:
         return dataclasses.replace(KIVLAConfig.preset("tiny"), depth=1, expert_depth=1, vision_depth=1,
-                                   max_token_len=64)
+                                   max_token_len=128)  # room for a 14-dim byte-level state text
     return KIVLAConfig.preset("pi05")
 
 
@@ -181,18 +181,21 @@ def attention_kernels(config: KIVLAConfig, cameras: int, prompt_len: int, dtype,
     return rows
 
 
-def latency_rows(model: KIVLA, paths: list[str], eager_actions: dict[int, torch.Tensor], args, budget: Budget,
-                 device, results: dict, write) -> None:
-    """Each path x camera count: p50 / p99 ms, peak memory, action difference against eager
-    (eager_actions: cameras -> actions, filled by the eager rows; the same weights each call)."""
+def latency_rows(model: KIVLA, paths: list[str], eager_actions: dict[int, tuple[torch.Tensor, ...]], args,
+                 budget: Budget, device, results: dict, write) -> None:
+    """Each path x camera count: p50 / p99 ms, peak memory, action difference against eager on
+    two observations (eager_actions: cameras -> actions, filled by the eager rows; same weights)."""
     config = model.config
     cameras = [int(c) for c in args.cameras.split(",")]
     if 2 in cameras:  # the target figure first, should the budget run out
         cameras.remove(2)
         cameras.insert(0, 2)
-    noise = torch.randn(1, config.action_horizon, config.action_dim, generator=torch.Generator().manual_seed(1))
-    noise = noise.to(device)
-    inputs = {n: make_inputs(config, n, min(args.prompt_tokens, config.max_token_len), device) for n in cameras}
+    prompt = min(args.prompt_tokens, config.max_token_len)
+    # Two observations: the second, after the timing, checks that a replayed graph reads new inputs.
+    observations = [({n: make_inputs(config, n, prompt, device, seed) for n in cameras},
+                     torch.randn(1, config.action_horizon, config.action_dim,
+                                 generator=torch.Generator().manual_seed(seed)).to(device)) for seed in (1, 2)]
+    (inputs, noise), (other_inputs, other_noise) = observations
     samplers: dict[str, ChunkSampler] = {}  # by compile mode: compiled+graph reuses the compiled parts
     for path in paths:
         graph = "graph" in path
@@ -223,10 +226,11 @@ def latency_rows(model: KIVLA, paths: list[str], eager_actions: dict[int, torch.
                 row["setup_s"] = time.perf_counter() - t0
                 row.update(timed(lambda: sampler(inputs[n], noise), args.runs, args.warmup, device))
                 row["peak_mem_mib"] = peak_mib(device)
+                actions = (first, sampler(other_inputs[n], other_noise))
                 if path == "eager":
-                    eager_actions[n] = first
+                    eager_actions[n] = actions
                 elif n in eager_actions:
-                    row["max_abs_vs_eager"] = float((first - eager_actions[n]).abs().max())
+                    row["max_abs_vs_eager"] = max(float((a - e).abs().max()) for a, e in zip(actions, eager_actions[n]))
             except (TimeoutError, RuntimeError) as e:  # e.g. a compile over its cap: report, go on
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 print(f"{path} {n} cameras failed: {row['error']}", flush=True)
@@ -240,6 +244,73 @@ def latency_rows(model: KIVLA, paths: list[str], eager_actions: dict[int, torch.
     for r in results["latency"]:
         if "p50_ms" in r and r["cameras"] in base:
             r["speedup_vs_eager"] = base[r["cameras"]] / r["p50_ms"]
+
+
+def camera_frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    """n 480x640 RGB uint8 frames (gradients plus noise), as a camera driver hands them over."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:480, 0:640]
+    base = np.stack([xx * 255 // 639, yy * 255 // 479, (xx + yy) % 256], -1)
+    return [np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def preprocessing_rows(cameras: int, size: int, device: torch.device, runs: int) -> list[dict]:
+    """resize-with-pad of `cameras` 480x640 frames: OpenCV on the CPU against torch on `device`."""
+    from ki_vla_ros.model.inference import prepare_images
+
+    frames = camera_frames(cameras)
+    rows, reference = [], None
+    for where, target in (("cpu, OpenCV", None), (f"{device}, torch", device)):
+        row = {"where": where, "cameras": cameras}
+        try:
+            fn = lambda: prepare_images(frames, cameras, size, target)  # noqa: E731
+            pixels = fn()[0].cpu()
+            row.update(timed(fn, runs, 2, device))
+            if reference is None:
+                reference = pixels
+            else:
+                row["max_abs_vs_opencv"] = float((pixels - reference).abs().max())
+        except ImportError as e:  # no OpenCV on this machine: the device path still runs
+            row["error"] = f"{type(e).__name__}: {e}"
+        rows.append(row)
+    return rows
+
+
+def predictor_rows(model: KIVLA, args, budget: Budget, device: torch.device) -> list[dict]:
+    """End to end as the robot node calls it: 480x640 frames, a 14-dim state and a task in, a chunk
+    in robot units out (prompt tokenization, preprocessing on the GPU, sampling, copy back)."""
+    from ki_vla_ros.model.inference import Predictor
+    from ki_vla_ros.model.normalize import NormStats
+    from ki_vla_ros.model.text_tokenizer import ByteTokenizer
+
+    c = model.config
+    model.text_tokenizer = ByteTokenizer(c.vocab_size)
+    model.norm_stats = {"state": NormStats.identity(14), "actions": NormStats.identity(14)}
+    frames, state = camera_frames(c.num_cameras), np.linspace(-0.9, 0.9, 14)
+    noise = np.random.default_rng(0).standard_normal((c.action_horizon, c.action_dim)).astype(np.float32)
+    rows, reference = [], None
+    for name, options in (("predictor eager", {}), ("predictor graph", {"cuda_graph": True})):
+        if options and device.type != "cuda":
+            budget.skipped.append(f"{name}: CUDA graphs need a CUDA device (this run: {device})")
+            continue
+        if not budget.allows(name, 15):
+            continue
+        row = {"path": name, "cameras": c.num_cameras}
+        try:
+            predictor = Predictor(model, **options)
+            fn = lambda: predictor.predict_chunk(frames, state, "fold the towel", noise=noise)  # noqa: E731
+            t0 = time.perf_counter()
+            chunk = fn()
+            row["setup_s"] = time.perf_counter() - t0
+            row.update(timed(fn, args.runs, args.warmup, device))
+            if reference is None:
+                reference = chunk
+            else:
+                row["max_abs_vs_eager"] = float(np.abs(chunk - reference).max())
+        except (RuntimeError, ValueError, ImportError) as e:  # ImportError: OpenCV, for a CPU model
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        rows.append(row)
+    return rows
 
 
 def training_step(config: KIVLAConfig, batch_size: int, device, budget: Budget) -> dict:
@@ -319,7 +390,7 @@ def main(argv=None) -> dict:
         "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
         "transformers": transformers.__version__, "horizon": config.action_horizon,
         "flow_steps": config.num_flow_steps, "prompt_len": config.max_token_len, "runs": args.runs},
-        "attention": [], "latency": [], "training_step": None, "skipped": budget.skipped}
+        "attention": [], "latency": [], "preprocessing": [], "predictor": [], "training_step": None, "skipped": budget.skipped}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def write():
@@ -351,9 +422,16 @@ def main(argv=None) -> dict:
 
     model = inference_model()
     results["info"]["parameters"] = count_parameters(model)
-    eager_actions: dict[int, torch.Tensor] = {}
+    eager_actions: dict[int, tuple[torch.Tensor, ...]] = {}
     latency_rows(model, [p for p in paths if p not in COMPILED_PATHS], eager_actions, args, budget, device, results,
                  write)
+    if budget.allows("preprocessing", 10):
+        results["preprocessing"] = preprocessing_rows(3, config.image_size, device, args.runs)
+    try:
+        results["predictor"] = predictor_rows(model, args, budget, device)
+    except ImportError as e:  # the byte tokenizer's module needs sentencepiece
+        budget.skipped.append(f"predictor: {type(e).__name__}: {e}")
+    write()
     del model  # the training step builds its own fp32 model
     free(device)
     if budget.allows("KI training step", 30 if device.type == "cuda" else 5):
@@ -392,6 +470,17 @@ def print_tables(results: dict) -> None:
         ratio = f"{r['speedup_vs_eager']:8.2f}x" if "speedup_vs_eager" in r else f"{'-':>9}"
         print(f"{r['path']:15} {r['cameras']:>4} {r['p50_ms']:9.2f} {r['p99_ms']:9.2f} {ratio} {mem} {diff} "
               f"{r['setup_s']:8.1f}")
+    print("\nresize-with-pad of 3 frames 480x640 -> [1, 3, 3, S, S]")
+    for r in results["preprocessing"]:
+        detail = r.get("error") or (f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms" + (
+            f"  max|d| vs OpenCV {r['max_abs_vs_opencv']:.4f}" if "max_abs_vs_opencv" in r else ""))
+        print(f"  {r['where']:16} {detail}")
+    print("\nPredictor.predict_chunk end to end (480x640 frames, 14-dim state, robot units out)")
+    for r in results["predictor"]:
+        detail = r.get("error") or (f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  setup {r['setup_s']:.1f} s"
+                                    + (f"  max|d| vs eager {r['max_abs_vs_eager']:.2e}" if "max_abs_vs_eager" in r
+                                       else ""))
+        print(f"  {r['path']:16} {r['cameras']} cams  {detail}")
     step = results["training_step"]
     if step is None:
         print("\nKI training step: skipped")

@@ -31,6 +31,13 @@ def test_gpu_check_tiny_cpu_run_writes_the_table_json_without_opencv_or_ros(tmp_
     assert any(s.startswith("max-autotune: not asked for") for s in result["skipped"])
     assert {(r["shape"], r["variant"]) for r in result["attention"] if "p50_ms" in r} >= {
         ("prefix", "gqa, any kernel"), ("expert", "repeated kv, any kernel")}
+    opencv, on_device = result["preprocessing"]
+    assert "error" in opencv and "cv2" in opencv["error"]  # no OpenCV here: the device path still ran
+    assert on_device["where"] == "cpu, torch" and on_device["p50_ms"] > 0
+    # A CPU model resizes with OpenCV: without it the row names what is missing (a GPU model does not need it).
+    assert [(r["path"], r["cameras"]) for r in result["predictor"]] == [("predictor eager", 2)]
+    assert "cv2" in result["predictor"][0]["error"]
+    assert any(s.startswith("predictor graph: CUDA graphs need a CUDA device") for s in result["skipped"])
     step = result["training_step"]
     if step["source"] != "train_memory.time_ki_step":  # issue 15's function, once it exists
         assert step["note"].startswith("n/a: benchmarks/train_memory.py time_ki_step")

@@ -100,8 +100,9 @@ class Predictor:
                              f"but the state has {self.state_dim} dims")
         self.device = str(model.device)
         # Static shapes (prompt padded to max_token_len) only when a fast path needs them.
-        fast = compile != "off" or cuda_graph
-        self._sampler = ChunkSampler(model, compile=compile, cuda_graph=cuda_graph) if fast else model.sample_actions
+        static_shapes = compile != "off" or cuda_graph
+        self._sampler = ChunkSampler(model, compile=compile, cuda_graph=cuda_graph) if static_shapes \
+            else model.sample_actions
         # Resize-with-pad where the model runs: on a GPU the frames are uploaded as uint8 instead.
         self._image_device = model.device if model.device.type == "cuda" else None
         self._lock = threading.Lock()

@@ -233,6 +233,7 @@ def latency_rows(model: KIVLA, paths: list[str], eager_actions: dict[int, tuple[
                     row["max_abs_vs_eager"] = max(float((a - e).abs().max()) for a, e in zip(actions, eager_actions[n]))
             except (TimeoutError, RuntimeError) as e:  # e.g. a compile over its cap: report, go on
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                results["interrupted"] = results.get("interrupted", False) or isinstance(e, TimeoutError)
                 print(f"{path} {n} cameras failed: {row['error']}", flush=True)
                 results["latency"].append(row)
                 break
@@ -496,4 +497,7 @@ def print_tables(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if main().get("interrupted"):
+        # A compile cut by its cap may leave compile workers behind; exiting normally would wait for them.
+        sys.stdout.flush()
+        os._exit(0)

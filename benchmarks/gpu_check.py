@@ -208,7 +208,9 @@ def latency_rows(model: KIVLA, paths: list[str], eager_actions: dict[int, tuple[
         need = 60.0 if compile_mode != "off" else 10.0
         if not budget.allows(path, need):
             continue
-        sampler = samplers.setdefault(compile_mode, ChunkSampler(model, compile=compile_mode))
+        if compile_mode not in samplers:
+            samplers[compile_mode] = ChunkSampler(model, compile=compile_mode)
+        sampler = samplers[compile_mode]
         if graph:
             sampler.enable_cuda_graph("expert" if path == "graph-expert" else "full")
         else:

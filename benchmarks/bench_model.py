@@ -27,6 +27,7 @@ import torch
 from ki_vla_ros.model.config import KIVLAConfig
 from ki_vla_ros.model.fast import FASTTokenizer
 from ki_vla_ros.model.network import KIVLA, ModelInputs, count_parameters
+from ki_vla_ros.model.precision import set_precision
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -107,7 +108,7 @@ def main():
     torch.manual_seed(0)
     with torch.device(device):
         model = KIVLA(config)
-    model = model.to(dtype).eval()
+    model = set_precision(model, dtype).eval()
     fast, fast_tokens = fit_fast(config, min(args.fast_action_dim, config.action_dim))
     model.fast_tokenizer = fast
     prompt_tokens = min(args.prompt_tokens, config.max_token_len)

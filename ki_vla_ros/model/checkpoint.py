@@ -89,8 +89,10 @@ def load_pretrained(directory, *, config: KIVLAConfig | None = None, device: str
     text_tokenizer = read_text_tokenizer(directory, config)
     with torch.device(device):  # random init where the weights go, then cast before copying them in
         model = KIVLA(config, text_tokenizer=text_tokenizer)
-    if dtype is not None:
-        model.to(dtype)
+    if dtype is not None:  # openpi's policy: RMSNorms and SigLIP embeddings stay fp32 (precision.py)
+        from .precision import set_precision
+
+        set_precision(model, dtype)
     load_weights(model, shapes, files, layout)
     model.norm_stats = read_norm_stats(directory)
     model.data_layout = load_data_layout(directory / NORM_STATS_FILE)

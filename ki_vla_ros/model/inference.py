@@ -19,9 +19,10 @@ import torch
 from .config import KIVLAConfig
 from .network import KIVLA, ModelInputs, batch_prompts
 from .normalize import NormStats, normalize, to_absolute, unnormalize
-from .preprocess import check_image, check_state, clean_task_text, discretize_state, format_prompt, preprocess_image
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .precision import DTYPES as _DTYPES
+from .preprocess import (check_image, check_state, clean_task_text, discretize_state, format_prompt,
+                         preprocess_image, preprocess_image_torch)
+from .sampler import COMPILE_MODES, ChunkSampler
 
 
 def format_subtask_prompt(task: str) -> str:
@@ -29,20 +30,26 @@ def format_subtask_prompt(task: str) -> str:
     return f"Task: {clean_task_text(task)}. Subtask: "
 
 
-def prepare_images(images: Sequence[np.ndarray | None], num_cameras: int, size: int) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
-    """Camera images (HxWx3 uint8 RGB, any size; None = missing) -> [1, N_cam, 3, S, S], masks [1, N_cam]."""
+def prepare_images(images: Sequence[np.ndarray | None], num_cameras: int, size: int,
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Camera images (HxWx3 uint8 RGB, any size; None = missing) -> [1, N_cam, 3, S, S], masks [1, N_cam].
+
+    device None: resize on the CPU with OpenCV; else on that device with torch (the uint8 frames
+    are uploaded, then resized there: same result within one uint8 level, preprocess.py).
+    """
     if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
         raise ValueError(f"images is a {type(images).__name__}; expected a sequence of {num_cameras} "
                          f"HxWx3 uint8 arrays (None for a missing camera)")
     if len(images) != num_cameras:
         raise ValueError(f"images has {len(images)} entries; expected num_cameras={num_cameras} "
                          f"(None for a missing camera)")
-    pixels = torch.zeros(1, num_cameras, 3, size, size)
-    masks = torch.zeros(1, num_cameras, dtype=torch.bool)
+    pixels = torch.zeros(1, num_cameras, 3, size, size, device=device)
+    masks = torch.zeros(1, num_cameras, dtype=torch.bool, device=device)
     for i, img in enumerate(images):
         if img is not None:
-            pixels[0, i] = preprocess_image(check_image(img, name=f"images[{i}]"), size)
+            img = check_image(img, name=f"images[{i}]")
+            pixels[0, i] = preprocess_image(img, size) if device is None else \
+                preprocess_image_torch(torch.from_numpy(img).to(device), size)
             masks[0, i] = True
     if not masks.any():
         raise ValueError(f"all {num_cameras} images are None; expected at least one camera image")
@@ -50,12 +57,14 @@ def prepare_images(images: Sequence[np.ndarray | None], num_cameras: int, size: 
 
 
 def prepare_inputs(images: Sequence[np.ndarray | None], state: np.ndarray, task: str, *, config: KIVLAConfig,
-                   text_tokenizer, state_stats: NormStats) -> ModelInputs:
+                   text_tokenizer, state_stats: NormStats,
+                   image_device: torch.device | str | None = None) -> ModelInputs:
     """The documented way from numpy to a one-sample ModelInputs (B = 1) for sample_actions.
 
-    state: [state_stats.dim] in robot units; task: the instruction (or the planner's subtask).
+    state: [state_stats.dim] in robot units; task: the instruction (or the planner's subtask);
+    image_device: where the images are resized (None: CPU with OpenCV; see prepare_images).
     """
-    pixels, masks = prepare_images(images, config.num_cameras, config.image_size)
+    pixels, masks = prepare_images(images, config.num_cameras, config.image_size, image_device)
     state = check_state(state, expected_dim=state_stats.dim)
     bins = discretize_state(normalize(state, state_stats), config.state_bins)
     tokens, token_masks = batch_prompts(text_tokenizer, [format_prompt(task, bins)], config.max_token_len)
@@ -65,7 +74,8 @@ def prepare_inputs(images: Sequence[np.ndarray | None], state: np.ndarray, task:
 class Predictor:
     """A loaded KIVLA with its tokenizer and norm stats; thread-safe (one call at a time)."""
 
-    def __init__(self, model: KIVLA):
+    def __init__(self, model: KIVLA, *, compile: str = "off", cuda_graph: bool = False):
+        """compile ("off", "default", "max-autotune") and cuda_graph (CUDA only): see sampler.py."""
         stats = model.norm_stats or {}
         missing = [k for k in ("state", "actions") if k not in stats]
         if missing:
@@ -89,29 +99,45 @@ class Predictor:
             raise ValueError(f"config.delta_action_dims {list(c.delta_action_dims)} pair action dims with state dims, "
                              f"but the state has {self.state_dim} dims")
         self.device = str(model.device)
+        # Static shapes (prompt padded to max_token_len) only when a fast path needs them.
+        static_shapes = compile != "off" or cuda_graph
+        self._sampler = ChunkSampler(model, compile=compile, cuda_graph=cuda_graph) if static_shapes \
+            else model.sample_actions
+        # Resize-with-pad where the model runs: on a GPU the frames are uploaded as uint8 instead.
+        self._image_device = model.device if model.device.type == "cuda" else None
         self._lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto") -> "Predictor":
+    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", *, compile: str = "off",
+                        cuda_graph: bool = False) -> "Predictor":
         """device: "auto" (cuda when available), "cpu", "cuda", "cuda:1"; dtype: "auto" (bfloat16 on
-        cuda, float32 on cpu), "float32", "bfloat16", "float16"."""
+        cuda, float32 on cpu), "float32", "bfloat16" (openpi's precision policy, precision.py),
+        "float16"; compile: "off", "default", "max-autotune"; cuda_graph: replay each chunk as one
+        CUDA graph (CUDA only). The first calls compile / capture: call warmup() before real use."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":
             dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
         if dtype not in _DTYPES:
             raise ValueError(f"dtype is {dtype!r}; expected 'auto' or one of {sorted(_DTYPES)}")
-        return cls(KIVLA.from_pretrained(path, device=device, dtype=_DTYPES[dtype]))
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile is {compile!r}; expected one of {list(COMPILE_MODES)}")
+        if cuda_graph and not str(device).startswith("cuda"):
+            raise ValueError(f"cuda_graph is true but device is {device!r}; CUDA graphs need a CUDA device "
+                             f"(set cuda_graph: false, or device: cuda)")
+        return cls(KIVLA.from_pretrained(path, device=device, dtype=_DTYPES[dtype]), compile=compile,
+                   cuda_graph=cuda_graph)
 
     @classmethod
-    def tiny_random(cls, state_dim: int, action_dim: int, num_cameras: int, seed: int = 0) -> "Predictor":
-        """Tiny preset with random weights and identity-ish norm stats (robot units ~ [-1, 1])."""
+    def tiny_random(cls, state_dim: int, action_dim: int, num_cameras: int, seed: int = 0, *,
+                    compile: str = "off", cuda_graph: bool = False) -> "Predictor":
+        """Tiny preset with random weights and identity-ish norm stats (robot units ~ [-1, 1]), on the CPU."""
         config = KIVLAConfig.preset("tiny", num_cameras=num_cameras, action_dim=max(32, action_dim))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = KIVLA(config)
         model.norm_stats = {"state": NormStats.identity(state_dim), "actions": NormStats.identity(action_dim)}
-        return cls(model)
+        return cls(model, compile=compile, cuda_graph=cuda_graph)
 
     def _noise(self, noise: np.ndarray | None) -> torch.Tensor | None:
         if noise is None:
@@ -134,10 +160,10 @@ class Predictor:
         state: [state_dim] in robot units; prompt: the task; noise: [horizon, D] for reproducibility.
         """
         inputs = prepare_inputs(images, state, prompt, config=self.config, text_tokenizer=self.model.text_tokenizer,
-                                state_stats=self.state_stats)
+                                state_stats=self.state_stats, image_device=self._image_device)
         noise_t = self._noise(noise)
         with self._lock, torch.inference_mode():
-            actions = self.model.sample_actions(inputs.to(self.model.device), noise=noise_t)
+            actions = self._sampler(inputs.to(self.model.device), noise=noise_t)
         return self.to_robot_units(actions[0].float().cpu().numpy(), state)
 
     def to_robot_units(self, normalized: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -148,7 +174,7 @@ class Predictor:
 
     def generate_subtask(self, images: Sequence[np.ndarray | None], task: str, max_new_tokens: int = 24) -> str:
         """The next subtask as text, greedy-decoded by the backbone from the images and the task."""
-        pixels, masks = prepare_images(images, self.num_cameras, self.config.image_size)
+        pixels, masks = prepare_images(images, self.num_cameras, self.config.image_size, self._image_device)
         tokens, token_masks = batch_prompts(self.model.text_tokenizer, [format_subtask_prompt(task)],
                                             self.config.max_token_len)
         inputs = ModelInputs(images=pixels, image_masks=masks, tokens=tokens, token_masks=token_masks)

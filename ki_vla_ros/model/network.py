@@ -105,7 +105,7 @@ class AdaptiveRMSNorm(nn.Module):
         """x [B, N, W], cond [B, C] -> (normalized x [B, N, W], gate [B, 1, W])."""
         var = x.float().pow(2).mean(-1, keepdim=True)
         normed = x.float() * torch.rsqrt(var + self.eps)
-        scale, shift, gate = self.dense(cond)[:, None, :].chunk(3, dim=-1)
+        scale, shift, gate = self.dense(cond.to(self.dense.weight.dtype))[:, None, :].chunk(3, dim=-1)
         return (normed * (1 + scale.float()) + shift.float()).to(x.dtype), gate.to(x.dtype)
 
 
@@ -220,9 +220,25 @@ def _mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """q [B, heads, Nq, hd], k/v [B, kv_heads, Nk, hd], bias [B, 1, Nq, Nk] -> [B, Nq, heads * hd]."""
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+    """q [B, heads, Nq, hd], k/v [B, kv_heads, Nk, hd], bias [B, 1, Nq, Nk] -> [B, Nq, heads * hd].
+
+    On CUDA the K/V heads are repeated to the query heads: SDPA's GQA runs only on its flash
+    and math kernels, flash takes no mask, so with GQA these masks would fall back to the math
+    kernel; repeated, they run on the memory-efficient kernel (benchmarks/gpu_check.py times both).
+    """
+    if q.is_cuda and k.shape[1] != q.shape[1]:
+        k, v = (repeat_kv_heads(t, q.shape[1]) for t in (k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
     return out.transpose(1, 2).flatten(2)
+
+
+def repeat_kv_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, kv_heads, N, hd] -> [B, heads, N, hd], query head h reading K/V head h // (heads / kv_heads)
+    (as GQA; expand + reshape never synchronizes with the GPU, so it can be captured in a CUDA graph)."""
+    b, kv_heads, n, hd = t.shape
+    return t[:, :, None].expand(b, kv_heads, heads // kv_heads, n, hd).reshape(b, heads, n, hd)
 
 
 # ----------------------------------------------------------------------------- model
@@ -275,8 +291,11 @@ class KIVLA(nn.Module):
         """-> prefix embeddings [B, P, W] and their pad mask [B, P], P = N_cam * tokens_per_image + L."""
         _check_inputs(inputs, self.config)
         b, n_cam = inputs.image_masks.shape
-        pixels = inputs.images.flatten(0, 1).to(self.device, self.dtype)  # [B * N_cam, 3, S, S]
-        features = self.backbone.model.vision_tower(pixel_values=pixels).last_hidden_state
+        tower = self.backbone.model.vision_tower  # SigLIP; its embeddings may be fp32 (precision.py)
+        tower = getattr(tower, "vision_model", tower)  # transformers releases that still nest it
+        pixels = inputs.images.flatten(0, 1).to(self.device, tower.embeddings.patch_embedding.weight.dtype)
+        patches = tower.embeddings(pixels).to(self.dtype)  # [B * N_cam, I, W_vision]
+        features = tower.post_layernorm(tower.encoder(inputs_embeds=patches).last_hidden_state)
         img = self.backbone.model.multi_modal_projector(features)  # [B * N_cam, I, W], not scaled (openpi)
         n_img = img.shape[1]
         img = img.reshape(b, n_cam * n_img, -1)

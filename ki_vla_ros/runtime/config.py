@@ -136,6 +136,10 @@ class ModelConfig:
     checkpoint: str = _doc("checkpoint directory, 'demo' for the shipped single_arm demo checkpoint, or 'tiny' for "
                            "random tiny weights")
     device: str = _doc("torch device: cpu, cuda, cuda:N or auto")
+    compile: Literal["off", "default", "max-autotune"] = _doc(
+        "torch.compile the prefix pass and the expert step (the first chunks compile: slow start); "
+        "quote \"off\" in YAML, where a bare off is a boolean", default="off")
+    cuda_graph: bool = _doc("replay each chunk as one captured CUDA graph (needs a CUDA device)", default=False)
 
 
 @dataclass(frozen=True)
@@ -586,6 +590,9 @@ def _check(config: RobotConfig, source: str) -> None:
 
     if not _DEVICE.match(config.model.device):
         fail(f"{policy}.model.device", config.model.device, "cpu, cuda, cuda:N, mps or auto")
+    if config.model.cuda_graph and not config.model.device.startswith(("cuda", "auto")):
+        fail(f"{policy}.model.cuda_graph", True, f"false: CUDA graphs need device cuda or auto, "
+             f"not '{config.model.device}'")
 
     planner = f"planner_node.{PARAMS_KEY}"
     if config.planner.rate_hz <= 0:

@@ -54,11 +54,12 @@ def load_predictor(config: RobotConfig, checkpoint: str | None = None, device: s
 
     checkpoint = checkpoint or config.model.checkpoint
     device = device or config.model.device
+    fast = {"compile": config.model.compile, "cuda_graph": config.model.cuda_graph}
     if checkpoint == TINY:
         return Predictor.tiny_random(state_dim=config.state_dim, action_dim=config.action_dim,
-                                     num_cameras=config.num_image_slots, seed=seed)
+                                     num_cameras=config.num_image_slots, seed=seed, **fast)
     path = DEMO_CHECKPOINT_DIR if checkpoint == DEMO else Path(checkpoint).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model checkpoint '{checkpoint}' (from {config.source}) is not a "
                                 f"directory; expected a directory written by save_pretrained, '{DEMO}' or '{TINY}'")
-    return Predictor.from_pretrained(str(path), device=device)
+    return Predictor.from_pretrained(str(path), device=device, **fast)

@@ -106,8 +106,18 @@ def test_bad_images_raise_naming_the_problem(img, message):
 # ------------------------------------------------------------------------- state
 def test_state_bins_at_the_edges_and_center():
     bins = discretize_state(np.array([-1.0, 1.0, 0.0, -0.99, 0.999, -5.0, 5.0]))
-    assert bins.tolist() == [0, 255, 128, 1, 255, 0, 255]
+    assert bins.tolist() == [0, 255, 128, 1, 255, -1, 255]
     assert discretize_state(np.array([0.0]), num_bins=4).tolist() == [2]
+
+
+def test_state_bins_match_openpi_below_minus_one_and_above_one():
+    """openpi: np.digitize(x, linspace(-1, 1, 257)[:-1]) - 1, no clipping: below -1 is "-1", above 1 is 255."""
+    step = 2 / 256
+    x = np.array([-1 - 1e-9, -1.0, -1 + step - 1e-12, -1 + step, -step / 2, 0.0, 1 - step - 1e-12, 1 - step,
+                  1 - 1e-12, 1.0, 1 + 1e-9, -2.5])
+    assert discretize_state(x).tolist() == [-1, 0, 0, 1, 127, 128, 254, 255, 255, 255, 255, -1]
+    assert format_prompt("stack", discretize_state(np.array([-1.2, 0.0, 1.3]))) == \
+        "Task: stack, State: -1 128 255;\nAction: "
 
 
 def test_bad_states_raise_naming_the_index():

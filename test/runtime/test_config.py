@@ -33,7 +33,7 @@ def load_modified(tmp_path: Path, name: str, change) -> RobotConfig:
 
 @pytest.mark.parametrize("name, action_dim, cameras, planner", [
     ("single_arm", 8, ["base", "wrist"], False),
-    ("bimanual", 14, ["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"], False),
+    ("bimanual", 14, ["cam_high", "cam_left_wrist", "cam_right_wrist"], False),
     ("mobile", 17, ["cam_high", "cam_left_wrist", "cam_right_wrist"], True),
 ])
 def test_each_shipped_config_loads_by_name(name, action_dim, cameras, planner):
@@ -191,3 +191,18 @@ def test_shipped_configs_are_valid_ros_parameter_files():
         for block in document.values():
             assert set(block) == {"ros__parameters"}
             check(block["ros__parameters"], name)
+
+
+def test_fast_inference_options_parse_and_cuda_graph_on_a_cpu_device_names_the_key(tmp_path):
+    def fast(doc, **model):
+        doc["policy_node"]["ros__parameters"]["model"].update(model)
+
+    config = load_modified(tmp_path, "single_arm", lambda doc: fast(doc, compile="max-autotune", cuda_graph=True))
+    assert (config.model.compile, config.model.cuda_graph) == ("max-autotune", True)
+    assert (load_robot_config("bimanual").model.compile, load_robot_config("bimanual").model.cuda_graph) == \
+        ("off", False)
+    with pytest.raises(ConfigError, match=r"policy_node\.ros__parameters\.model\.cuda_graph = True: false: CUDA "
+                                          r"graphs need device cuda or auto, not 'cpu'"):
+        load_modified(tmp_path, "single_arm", lambda doc: fast(doc, device="cpu", cuda_graph=True))
+    with pytest.raises(ConfigError, match=r"model\.compile = False: one of \['off', 'default', 'max-autotune'\]"):
+        load_modified(tmp_path, "single_arm", lambda doc: fast(doc, compile=False))  # YAML's bare `off`

@@ -37,3 +37,28 @@ def test_the_demo_keyword_loads_the_shipped_checkpoint_and_a_missing_directory_i
     with pytest.raises(FileNotFoundError, match=f"'{missing}'.*expected a directory written by save_pretrained, "
                                                 "'demo' or 'tiny'"):
         load_predictor(config, str(missing))
+
+
+def test_bimanual_uses_openpis_aloha_image_slots_so_a_released_pi05_fits(tmp_path):
+    """π0.5 has 3 image slots (openpi's ALOHA mapping: cam_high, cam_left_wrist, cam_right_wrist);
+    a 4th slot for cam_low would make the policy reject every released checkpoint."""
+    import yaml
+
+    from ki_vla_ros.model.config import KIVLAConfig
+    from ki_vla_ros.model.inference import Predictor
+    from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR
+    from ki_vla_ros.runtime.policy import Policy, PolicyError
+
+    config = load_robot_config("bimanual")
+    assert [(c.name, c.slot) for c in config.cameras] == [("cam_high", 0), ("cam_left_wrist", 1),
+                                                          ("cam_right_wrist", 2)]
+    released_slots = KIVLAConfig.preset("pi05").num_cameras
+    predictor = Predictor.tiny_random(state_dim=14, action_dim=14, num_cameras=released_slots)
+    Policy(predictor, config)  # accepted
+
+    document = yaml.safe_load((SOURCE_CONFIG_DIR / "bimanual.yaml").read_text())
+    document["/**"]["ros__parameters"]["cameras"]["cam_low"] = {
+        "topic": "/cam_low/image_raw", "message_type": "raw", "slot": 3}
+    (tmp_path / "four.yaml").write_text(yaml.safe_dump(document))
+    with pytest.raises(PolicyError, match="3 image slots, the config uses 4"):
+        Policy(predictor, load_robot_config(tmp_path / "four.yaml"))

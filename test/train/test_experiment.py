@@ -203,7 +203,7 @@ def test_demo_checkpoint_plans_the_subtask_the_task_names(demo_predictor):
 @pytest.mark.parametrize("robot", ["bimanual", "mobile"])
 def test_the_study_model_has_an_image_slot_per_camera_of_each_robot(robot):
     """The study (and make-demo-checkpoint --robot) sizes the model to the robot: a
-    bimanual robot's 4 cameras and the mobile robot's 3 reach the model and the closed loop."""
+    bimanual robot's 3 cameras and the mobile robot's 3 reach the model and the closed loop."""
     import dataclasses
 
     from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE

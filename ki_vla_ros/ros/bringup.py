@@ -20,7 +20,7 @@ Stopping is ordered so the robot is left holding:
 
 from __future__ import annotations
 
-import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -29,18 +29,10 @@ from pathlib import Path
 
 from ki_vla_ros.ros.dds import graph_environment
 from ki_vla_ros.ros.graph_spec import NodeSpec, command_line, graph_nodes
+from ki_vla_ros.ros.node_main import PARENT_PID_VARIABLE
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_TIMEOUT_S = 10.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux prctl; elsewhere no-op)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-    except (OSError, AttributeError):
-        pass
 
 
 def describe_exit(code: int | None) -> str:
@@ -63,6 +55,7 @@ class Graph:
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = graph_environment(env)
         self.env["PYTHONUNBUFFERED"] = "1"
+        self.env[PARENT_PID_VARIABLE] = str(os.getpid())  # node_main: stop when this process dies
         self.log_dir = None if log_dir is None else Path(log_dir)
         self._logs = []
         for spec in self.specs:
@@ -77,7 +70,7 @@ class Graph:
             self._logs.append(out)
         self.processes[name] = subprocess.Popen(
             command_line(spec, sys.executable), env=self.env, stdout=out,
-            stderr=subprocess.STDOUT if out else None, process_group=0, preexec_fn=_die_with_parent)
+            stderr=subprocess.STDOUT if out else None, process_group=0)
         return self.processes[name]
 
     def exited(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ A node that hangs anyway can be inspected: SIGUSR1 prints every thread's stack t
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import os
 import signal
@@ -39,6 +40,23 @@ from rclpy.signals import SignalHandlerOptions
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _SPIN_SLICE_S = 0.05
+# Set by bringup to its pid: the node then gets SIGTERM when bringup dies (even by SIGKILL).
+PARENT_PID_VARIABLE = "KI_VLA_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent() -> None:
+    """When started by bringup: ask Linux for SIGTERM on the parent's death (prctl), and stop
+    now if it already died before this process got here. Elsewhere (no prctl) a no-op."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if not parent:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_nodes(args, build) -> None:
@@ -57,6 +75,7 @@ def run_nodes(args, build) -> None:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_stop_signal)
+    stop_with_parent()
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)

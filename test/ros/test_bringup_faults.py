@@ -209,3 +209,23 @@ def test_the_planner_plans_in_the_live_mobile_graph_and_the_policy_follows_its_s
             process.wait(timeout=60)
     assert {m.subtask for m in subtasks.messages} == {subtask}
     assert all(m.task == task for m in subtasks.messages)
+
+
+def test_the_nodes_stop_when_bringup_itself_is_killed(ros_graph, ros_env, tmp_path):
+    """SIGKILL to bringup cannot be handled there; each node gets SIGTERM from the kernel
+    (PR_SET_PDEATHSIG) and stops with the robot holding, instead of running on alone."""
+    outputs, joint_states = _controller_probe(ros_graph)
+    bringup = Bringup(ros_env, tmp_path / "bringup.log", "--checkpoint", "tiny")
+    try:
+        _wait_for_policy_motion(bringup, outputs)
+        pids = bringup.node_pids()
+        bringup.process.send_signal(signal.SIGKILL)
+        bringup.wait()
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        while [pid for pid in pids.values() if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        bringup.kill_everything()
+    assert not [name for name, pid in pids.items() if _alive(pid)], bringup.output()[-3000:]
+    _assert_last_command_is_a_hold(outputs, joint_states)

@@ -15,8 +15,10 @@ Everything is measured on what arrives over DDS at the controllers:
 - hold_s: fault start -> the first hold on an arm controller (one point, zero velocity) or,
   for the base, a zero Twist; recover_s: fault end -> the first policy trajectory again
   (several points);
-- bad_commands: controller trajectories whose chunk came from an observation stamped inside
-  the fault window (sensor faults) or was conditioned on the huge instruction: must be 0;
+- bad_chunks: chunks computed from an observation that holds a message of the faulty input
+  sent during the fault (stamped at least sync.slop_s after the sim applied it, so every
+  input of the set is from the fault window), or conditioned on the huge instruction:
+  must be 0;
 - for the run: RSS growth of each node process, planner subtasks, mux holds, chunks.
 
 The same numbers for each fault kind are summarised as p50 / p99 (with --minutes 10 and a
@@ -79,6 +81,7 @@ class Observer:
         self.chunks: list[tuple[float, float, str]] = []  # (receive time, observation stamp, instruction)
         self.subtasks = 0
         self.mux = {}
+        self.fault_since_s: dict[str, float] = {}  # fault -> when the sim last applied it
         for group in config.action_groups:
             if group.kind == "joint_trajectory":
                 node.create_subscription(JointTrajectory, group.controller_topic,
@@ -89,6 +92,7 @@ class Observer:
         node.create_subscription(ActionChunk, ACTION_CHUNK_TOPIC, self._on_chunk, 10)
         node.create_subscription(Subtask, SUBTASK_TOPIC, self._on_subtask, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        node.create_subscription(String, "/sim_robot/status", self._on_sim_status, 10)
         self.instruction = node.create_publisher(String, INSTRUCTION_TOPIC, 10)
         self.task = node.create_publisher(String, TASK_TOPIC, 10)
         self.fault = node.create_publisher(String, "/sim_robot/inject_fault", 10)
@@ -108,6 +112,11 @@ class Observer:
 
     def _on_subtask(self, msg):
         self.subtasks += 1
+
+    def _on_sim_status(self, msg):
+        status = json.loads(msg.data)
+        if status.get("fault", "none") != "none":
+            self.fault_since_s[status["fault"]] = status["fault_since_s"]
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
@@ -149,6 +158,7 @@ def run(minutes: float, period_s: float, fault_s: float, checkpoint: str, domain
         spin_until(future.done, 5.0)
 
     events = []
+    applied = {}  # (fault, t0) -> sim time the fault took effect
     try:
         spin_until(lambda: obs.instruction.get_subscription_count() >= 2 and obs.task.get_subscription_count() >= 1,
                    120.0)
@@ -176,6 +186,9 @@ def run(minutes: float, period_s: float, fault_s: float, checkpoint: str, domain
                 graph.processes["policy_node"].send_signal(signal.SIGKILL)
             stamp0 = node.get_clock().now().nanoseconds * 1e-9
             spin_for(fault_s)
+            if kind in SENSOR_FAULTS:
+                since = obs.fault_since_s.get(kind, stamp0)
+                applied[(kind, t0)] = since if since >= stamp0 else stamp0  # not this occurrence
             t1 = time.monotonic()
             stamp1 = node.get_clock().now().nanoseconds * 1e-9
             if kind in SENSOR_FAULTS:
@@ -205,8 +218,11 @@ def run(minutes: float, period_s: float, fault_s: float, checkpoint: str, domain
         hold = next((c[0] - t0 for c in arm if c[3]), None)
         recover = next((c[0] - t1 for c in arm if c[0] >= t1 and c[2] > 1), None)
         if kind in SENSOR_FAULTS:
-            # the sim applies the fault when its message arrives: allow it 0.2 s
-            bad = sum(1 for _, stamp, _ in obs.chunks if stamp0 + 0.2 <= stamp <= stamp1)
+            # from the first sensor message the fault affected (the sim applies it on arrival)
+            # A set's stamps lie within sync.slop_s: a chunk stamped since + slop or later holds
+            # a message of every input sent after the fault began, the faulty input's included.
+            since = applied[(kind, t0)] + config.sync.slop_s
+            bad = sum(1 for _, stamp, _ in obs.chunks if since <= stamp <= stamp1)
         elif kind == "huge_instruction":
             bad = sum(1 for _, _, text in obs.chunks if text == HUGE.strip())
         else:

@@ -15,6 +15,7 @@ benchmark: publish one of SENSOR_FAULTS on /sim_robot/inject_fault (std_msgs/Str
 ends it. nan_state: the first joint's position is NaN; stale_stamps: joint states stamped
 5 s in the past; stall_camera: the first camera stops publishing; bad_image: the first
 camera publishes 16UC1 images (an encoding no policy accepts), or bytes that are not a JPEG.
+/sim_robot/status says which fault is on and since when (`fault`, `fault_since_s`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class SimRobotNode(Node):
                 self.create_subscription(Twist, group.controller_topic, self._on_twist, 10)
         self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, 10)
         self.fault = "none"
+        self.fault_since_s = None  # sim time of the first message the current fault affects
         self.create_subscription(String, "~/inject_fault", self._on_fault, 10)
         self.joint_pub = self.create_publisher(JointState, self.config.joint_states_topic, qos_profile_sensor_data)
         self.odom_pub = (self.create_publisher(Odometry, self.config.odom_topic, qos_profile_sensor_data)
@@ -104,6 +106,7 @@ class SimRobotNode(Node):
             self.get_logger().error(f"inject_fault: unknown fault {msg.data!r}; expected one of {SENSOR_FAULTS}")
             return
         self.fault = msg.data
+        self.fault_since_s = self.now_s()
         self.get_logger().warning(f"injected sensor fault: {self.fault}")
 
     def _publish_state(self) -> None:
@@ -155,7 +158,8 @@ class SimRobotNode(Node):
     def _publish_status(self) -> None:
         status = {"time_s": self.robot.time_s, "target": self.target,
                   "commands_received": self.commands_received,
-                  "distances_m": {n: round(self.robot.distance_to(n), 4) for n in self.robot.scene.names}}
+                  "distances_m": {n: round(self.robot.distance_to(n), 4) for n in self.robot.scene.names},
+                  "fault": self.fault, "fault_since_s": self.fault_since_s}
         if self.target:
             status["target_distance_m"] = status["distances_m"][self.target]
             status["reached"] = bool(self.robot.reached(self.target))

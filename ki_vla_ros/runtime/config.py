@@ -121,7 +121,13 @@ class ChunkConfig:
     execute_steps: int = _doc("request the next chunk once this many steps have run")
     min_remaining_steps: int = _doc("also request when fewer steps than this remain")
     step_duration_s: float = _doc("time between two action steps (s)")
-    blend_steps: int = _doc("steps over which a new chunk is cross-faded in (0 = none)")
+    blend_steps: int = _doc("steps over which a new chunk is cross-faded in (0 = none; mode blend only)")
+    mode: Literal["blend", "rtc"] = _doc(
+        "how a new chunk joins the running one: blend (cross-fade blend_steps) or rtc (real-time chunking: "
+        "the model samples the new chunk guided toward the running one)", default="blend")
+    rtc_margin_steps: int = _doc(
+        "rtc: steps added to the measured delay (p90 latency / step_duration_s, rounded up); an "
+        "under-estimate makes the robot jump", default=1)
 
 
 @dataclass(frozen=True)
@@ -579,6 +585,9 @@ def _check(config: RobotConfig, source: str) -> None:
     if not 0 <= chunk.blend_steps <= chunk.horizon_steps:
         fail(f"{cpath}.blend_steps", chunk.blend_steps,
              f"between 0 and horizon_steps ({chunk.horizon_steps})")
+
+    if chunk.rtc_margin_steps < 0:
+        fail(f"{cpath}.rtc_margin_steps", chunk.rtc_margin_steps, "at least 0")
 
     sync, spath = config.sync, f"{policy}.sync"
     if sync.queue_size < 1:

@@ -72,6 +72,19 @@ def prepare_inputs(images: Sequence[np.ndarray | None], state: np.ndarray, task:
     return ModelInputs(images=pixels, image_masks=masks, tokens=tokens, token_masks=token_masks)
 
 
+def stack_inputs(inputs: Sequence[ModelInputs]) -> ModelInputs:
+    """B one-sample ModelInputs -> one batch [B, ...]; prompts right-padded to the longest (masked)."""
+    length = max(i.tokens.shape[1] for i in inputs)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+
+    return ModelInputs(images=torch.cat([i.images for i in inputs]),
+                       image_masks=torch.cat([i.image_masks for i in inputs]),
+                       tokens=torch.cat([pad(i.tokens, 0) for i in inputs]),
+                       token_masks=torch.cat([pad(i.token_masks.bool(), False) for i in inputs]))
+
+
 class Predictor:
     """A loaded KIVLA with its tokenizer and norm stats; thread-safe (one call at a time)."""
 
@@ -173,6 +186,26 @@ class Predictor:
         with self._lock, torch.inference_mode(guidance is None):
             actions = self._sampler(inputs.to(self.model.device), noise=noise_t, guidance=guidance)
         return self.to_robot_units(actions[0].float().cpu().numpy(), state)
+
+    def predict_chunks(self, observations: Sequence[tuple[Sequence[np.ndarray | None], np.ndarray, str]],
+                       noise: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Several (images, state, prompt) observations in one forward pass (batch B = len) ->
+        per observation [horizon, action_dim] float32 in robot units, as predict_chunk gives it
+        (up to batched-kernel rounding). Prompts are right-padded to the longest (masked)."""
+        if not observations:
+            return []
+        noise = list(noise) if noise is not None else [None] * len(observations)
+        inputs = [prepare_inputs(images, state, prompt, config=self.config, text_tokenizer=self.model.text_tokenizer,
+                                 state_stats=self.state_stats, image_device=self._image_device)
+                  for images, state, prompt in observations]
+        batch = stack_inputs(inputs)
+        c = self.config
+        noise_t = torch.cat([self._noise(n) if n is not None else torch.randn(1, c.action_horizon, c.action_dim)
+                             for n in noise])
+        with self._lock, torch.inference_mode():
+            actions = self._sampler(batch.to(self.model.device), noise=noise_t)
+        actions = actions.float().cpu().numpy()
+        return [self.to_robot_units(actions[i], state) for i, (_, state, _) in enumerate(observations)]
 
     def guidance(self, previous_actions: np.ndarray, state: np.ndarray, delay_steps: int) -> ChunkGuidance:
         """The running chunk [K, action_dim] in robot units -> RTC guidance in model units [1, H, D]

@@ -28,7 +28,7 @@ from ki_vla_ros.runtime.chunking import ChunkScheduler, DelayEstimate, Trajector
 from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TwistCommand, joint_trajectory_commands, twist_at
 from ki_vla_ros.runtime.config import RobotConfig
 from ki_vla_ros.runtime.observation import Observation, ObservationAssembler, ObservationError
-from ki_vla_ros.runtime.policy import Policy
+from ki_vla_ros.runtime.policy import Policy, PolicyError
 from ki_vla_ros.runtime.safety import SafetyFilter, SafetyStatus, measured_reference
 from ki_vla_ros.runtime.sync import ApproximateTimeSync, SyncedSet, SyncResult, SyncStatus
 
@@ -171,9 +171,18 @@ class PolicyLoop:
         """policy.infer; with chunk.mode rtc and a trajectory running, guided toward it with the
         estimated delay (DelayEstimate). Raises PolicyError like policy.infer."""
         running = self.scheduler.current if self.config.chunk.mode == "rtc" else None
-        if running is None:
-            return self.policy.infer(observation, noise=noise)
-        return self.policy.infer(observation, noise=noise, running=running, delay_steps=self.delay.steps())
+        try:
+            if running is None:
+                chunk = self.policy.infer(observation, noise=noise)
+            else:
+                chunk = self.policy.infer(observation, noise=noise, running=running, delay_steps=self.delay.steps())
+        except PolicyError as error:  # kept for diagnostics until the next chunk (e.g. a lost policy server)
+            with self._lock:
+                self.counters.note_error("policy", str(error))
+            raise
+        with self._lock:
+            self.counters.errors.pop("policy", None)
+        return chunk
 
     def execute(self, chunk: ActionChunk, observation: Observation, now_s: float) -> Execution:
         """Turn a chunk into commands that start now (or a hold, with reasons)."""

@@ -31,6 +31,24 @@ from ki_vla_ros.sim.chunk_execution import CHUNK_MODES, run_chunk_execution
 HELD_OUT_SEED_BASE = 1000  # the demo checkpoint's training episodes use low seeds
 
 
+def model_time_ms(predictor, repeats: int = 20) -> tuple[float, float]:
+    """Median predict_chunk time without and with RTC guidance (a backward pass per flow step)."""
+    s = predictor.config.image_size
+    images = [np.zeros((s, s, 3), np.uint8)] * predictor.num_cameras
+    state = np.zeros(predictor.state_dim)
+    previous = predictor.predict_chunk(images, state, "move to the red block")[3:]
+
+    def median_ms(**kwargs) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            predictor.predict_chunk(images, state, "move to the red block", **kwargs)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(times))
+
+    return median_ms(), median_ms(previous_actions=previous, inference_delay_steps=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
@@ -42,6 +60,9 @@ def main() -> None:
     config = load_robot_config("single_arm")
     predictor = load_predictor(config, checkpoint="demo", device="cpu")
     rows = []
+    plain_ms, guided_ms = model_time_ms(predictor)
+    print(f"model time per chunk (CPU, 1 thread, median of 20): plain {plain_ms:.1f} ms, rtc-guided "
+          f"{guided_ms:.1f} ms ({guided_ms / plain_ms:.2f}x)")
     print(f"single_arm, demo checkpoint, {args.seeds} held-out seeds, {args.steps} steps of "
           f"{config.chunk.step_duration_s} s, execute_steps {config.chunk.execute_steps}, "
           f"blend_steps {config.chunk.blend_steps}, rtc margin {config.chunk.rtc_margin_steps}")
@@ -68,7 +89,8 @@ def main() -> None:
                   f"{row['rate_limited_share']:>9.2f} {row['success']:>8.2f} {row['wall_s']:>7.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seeds": args.seeds, "steps": args.steps, "rows": rows}, f, indent=2)
+            json.dump({"seeds": args.seeds, "steps": args.steps, "model_ms": {"plain": plain_ms, "rtc": guided_ms},
+                       "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -160,8 +160,9 @@ class PolicyServer:
         c = self.config
         self.batcher = Batcher(self.predictor, c.max_batch, c.batch_wait_ms / 1e3)
         batching = asyncio.create_task(self.batcher.run())
+        # max_queue: a client waits for each reply, so a few buffered frames are plenty (each up to max_size).
         async with serve(self._handle, c.host, c.port, compression=None, max_size=c.max_message_bytes,
-                         process_request=self._check_request) as server:
+                         max_queue=4, process_request=self._check_request) as server:
             self.port = server.sockets[0].getsockname()[1]
             if on_ready is not None:
                 on_ready(self)
@@ -195,6 +196,9 @@ class PolicyServer:
                                             noise_dim=p.config.action_dim)
                 except (ProtocolError, RequestError) as error:
                     await ws.send(f"bad request: {error}")  # a text frame: openpi clients raise it
+                    continue
+                except Exception as error:  # a shape no check foresaw: still the request's fault
+                    await ws.send(f"bad request: {type(error).__name__}: {error}")
                     continue
                 try:
                     actions, timing = await self.batcher.submit(request)

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ki_vla_ros.train.experiment.commands import add_subcommands as add_experiment_subcommands
 
     add_experiment_subcommands(sub)  # ki-claims, make-demo-checkpoint
+    from ki_vla_ros.serve.commands import add_subcommands as add_serve_subcommands
+
+    add_serve_subcommands(sub)  # serve
     return parser
 
 

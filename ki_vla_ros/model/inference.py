@@ -18,10 +18,11 @@ import torch
 
 from .config import KIVLAConfig
 from .network import KIVLA, ModelInputs, batch_prompts
-from .normalize import NormStats, normalize, to_absolute, unnormalize
+from .normalize import NormStats, normalize, to_absolute, to_delta, unnormalize
 from .precision import DTYPES as _DTYPES
 from .preprocess import (check_image, check_state, clean_task_text, discretize_state, format_prompt,
                          preprocess_image, preprocess_image_torch)
+from .rtc import ChunkGuidance
 from .sampler import COMPILE_MODES, ChunkSampler
 
 
@@ -69,6 +70,19 @@ def prepare_inputs(images: Sequence[np.ndarray | None], state: np.ndarray, task:
     bins = discretize_state(normalize(state, state_stats), config.state_bins)
     tokens, token_masks = batch_prompts(text_tokenizer, [format_prompt(task, bins)], config.max_token_len)
     return ModelInputs(images=pixels, image_masks=masks, tokens=tokens, token_masks=token_masks)
+
+
+def stack_inputs(inputs: Sequence[ModelInputs]) -> ModelInputs:
+    """B one-sample ModelInputs -> one batch [B, ...]; prompts right-padded to the longest (masked)."""
+    length = max(i.tokens.shape[1] for i in inputs)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+
+    return ModelInputs(images=torch.cat([i.images for i in inputs]),
+                       image_masks=torch.cat([i.image_masks for i in inputs]),
+                       tokens=torch.cat([pad(i.tokens, 0) for i in inputs]),
+                       token_masks=torch.cat([pad(i.token_masks.bool(), False) for i in inputs]))
 
 
 class Predictor:
@@ -153,18 +167,62 @@ class Predictor:
         return torch.from_numpy(noise)[None]
 
     def predict_chunk(self, images: Sequence[np.ndarray | None], state: np.ndarray, prompt: str,
-                      noise: np.ndarray | None = None) -> np.ndarray:
+                      noise: np.ndarray | None = None, previous_actions: np.ndarray | None = None,
+                      inference_delay_steps: int = 0) -> np.ndarray:
         """One action chunk [horizon, action_dim] float32 in robot units (un-normalized).
 
         images: num_cameras entries, HxWx3 uint8 RGB of any size, None = missing camera;
         state: [state_dim] in robot units; prompt: the task; noise: [horizon, D] for reproducibility.
+        previous_actions: real-time chunking (model/rtc.py): [K, action_dim] in robot units, the
+        running chunk at this chunk's step times (K <= horizon: the steps it still covers);
+        inference_delay_steps: how many of them run before this chunk can. None: no guidance.
         """
         inputs = prepare_inputs(images, state, prompt, config=self.config, text_tokenizer=self.model.text_tokenizer,
                                 state_stats=self.state_stats, image_device=self._image_device)
         noise_t = self._noise(noise)
-        with self._lock, torch.inference_mode():
-            actions = self._sampler(inputs.to(self.model.device), noise=noise_t)
+        guidance = None if previous_actions is None else \
+            self.guidance(previous_actions, state, inference_delay_steps)
+        # The guidance differentiates the expert: inference_mode tensors cannot enter autograd.
+        with self._lock, torch.inference_mode(guidance is None):
+            actions = self._sampler(inputs.to(self.model.device), noise=noise_t, guidance=guidance)
         return self.to_robot_units(actions[0].float().cpu().numpy(), state)
+
+    def predict_chunks(self, observations: Sequence[tuple[Sequence[np.ndarray | None], np.ndarray, str]],
+                       noise: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Several (images, state, prompt) observations in one forward pass (batch B = len) ->
+        per observation [horizon, action_dim] float32 in robot units, as predict_chunk gives it
+        (up to batched-kernel rounding). Prompts are right-padded to the longest (masked)."""
+        if not observations:
+            return []
+        noise = list(noise) if noise is not None else [None] * len(observations)
+        inputs = [prepare_inputs(images, state, prompt, config=self.config, text_tokenizer=self.model.text_tokenizer,
+                                 state_stats=self.state_stats, image_device=self._image_device)
+                  for images, state, prompt in observations]
+        batch = stack_inputs(inputs)
+        c = self.config
+        noise_t = torch.cat([self._noise(n) if n is not None else torch.randn(1, c.action_horizon, c.action_dim)
+                             for n in noise])
+        with self._lock, torch.inference_mode():
+            actions = self._sampler(batch.to(self.model.device), noise=noise_t)
+        actions = actions.float().cpu().numpy()
+        return [self.to_robot_units(actions[i], state) for i, (_, state, _) in enumerate(observations)]
+
+    def guidance(self, previous_actions: np.ndarray, state: np.ndarray, delay_steps: int) -> ChunkGuidance:
+        """The running chunk [K, action_dim] in robot units -> RTC guidance in model units [1, H, D]
+        (relative to `state` for config.delta_action_dims, normalized, zero-padded)."""
+        previous = np.asarray(previous_actions, dtype=np.float32)
+        if previous.ndim != 2 or previous.shape[1] != self.action_dim or not 1 <= previous.shape[0] <= self.horizon:
+            raise ValueError(f"previous_actions has shape {previous.shape}; expected [K, {self.action_dim}] with "
+                             f"1 <= K <= horizon {self.horizon}")
+        if not np.isfinite(previous).all():
+            raise ValueError("previous_actions contains NaN or inf; expected finite robot-unit actions")
+        if isinstance(delay_steps, bool) or not isinstance(delay_steps, (int, np.integer)) or delay_steps < 0:
+            raise ValueError(f"inference_delay_steps is {delay_steps!r}; expected an integer >= 0")
+        model_units = normalize(to_delta(previous, state, self.config.delta_action_dims), self.action_stats)
+        padded = np.zeros((self.horizon, self.config.action_dim), np.float32)
+        padded[: previous.shape[0], : self.action_dim] = model_units
+        return ChunkGuidance(torch.from_numpy(padded)[None].to(self.model.device), int(delay_steps),
+                             previous.shape[0])
 
     def to_robot_units(self, normalized: np.ndarray, state: np.ndarray) -> np.ndarray:
         """A model chunk [horizon, >= action_dim] (normalized, padded) -> [horizon, action_dim]

@@ -34,6 +34,7 @@ from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 
 from .attention import make_attn_mask
 from .config import RECIPES, KIVLAConfig
+from .rtc import ChunkGuidance, guided_velocity
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v), each [B, n_kv_heads, N, head_dim]
 
@@ -432,12 +433,15 @@ class KIVLA(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def sample_actions(self, inputs: ModelInputs, noise: torch.Tensor | None = None, num_steps: int | None = None,
-                       use_kv_cache: bool = True) -> torch.Tensor:
+                       use_kv_cache: bool = True, guidance: ChunkGuidance | None = None) -> torch.Tensor:
         """Integrate the flow from noise (t = 1) to actions (t = 0) with Euler steps -> [B, H, D] float32.
 
         noise [B, H, D] (default: standard normal). With the cache the prefix runs through the
         backbone once and every step reuses its per-layer K/V; use_kv_cache=False recomputes the
         whole prefix (images included) at each step, the baseline the cache is measured against.
+        guidance: real-time chunking toward the running chunk (rtc.py: previous_chunk [B, H, D] in
+        model units, delay and overlap steps); None is the plain sampler, operation for operation.
+        Call it under no_grad, not inference_mode, when guided (the guidance differentiates the expert).
         """
         c = self.config
         num_steps = num_steps or c.num_flow_steps
@@ -448,6 +452,9 @@ class KIVLA(nn.Module):
             raise ValueError(f"noise has shape {tuple(noise.shape)}; expected [B, H, D] = "
                              f"{(b, c.action_horizon, c.action_dim)}")
         x = noise.to(self.device, torch.float32)
+        if guidance is not None:
+            guidance.check((b, c.action_horizon, c.action_dim))
+            weights = guidance.weights(c.action_horizon, self.device)
         dt = -1.0 / num_steps
         kv = context = None
         for step in range(num_steps):
@@ -455,8 +462,13 @@ class KIVLA(nn.Module):
                 kv, pad = self._prefix_kv(inputs)
                 context = self._expert_context(pad, c.action_horizon)
             time = torch.full((b,), 1.0 + step * dt, device=self.device)
-            x = x + dt * self._run_expert(x, time, kv, context)
-        return x
+            if guidance is None:
+                x = x + dt * self._run_expert(x, time, kv, context)
+            else:
+                velocity = guided_velocity(lambda x_in: self._run_expert(x_in, time, kv, context), x,
+                                           1.0 + step * dt, guidance, weights)
+                x = x + dt * velocity
+        return x if guidance is None else guidance.freeze_prefix(x)
 
     @torch.no_grad()
     def generate_text(self, inputs: ModelInputs, max_new_tokens: int, stop_at_eos: bool = True) -> list[list[int]]:

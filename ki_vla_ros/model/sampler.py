@@ -12,6 +12,11 @@ camera count, a fixed batch) both parts can be
 
 Results equal `sample_actions` up to kernel-order rounding (test/model/test_sampler.py states
 the tolerance on CPU fp32; benchmarks/gpu_check.py measures it in bf16 on a GPU).
+
+Real-time chunking (a `guidance`, rtc.py) differentiates the expert at every step, which a
+captured graph cannot replay: a guided call runs the prefix pass and the guided steps without
+the graph (compiled when compile is on), so RTC works with every setting and is as fast as
+the compiled eager path, not the graph.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import dataclasses
 import torch
 
 from .network import KIVLA, ModelInputs
+from .rtc import ChunkGuidance, guided_velocity
 
 COMPILE_MODES = ("off", "default", "max-autotune")
 GRAPH_SCOPES = ("full", "expert")
@@ -71,7 +77,8 @@ class ChunkSampler:
             token_masks=torch.nn.functional.pad(inputs.token_masks.bool(), (0, extra), value=False))
 
     @torch.no_grad()
-    def __call__(self, inputs: ModelInputs, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, inputs: ModelInputs, noise: torch.Tensor | None = None,
+                 guidance: ChunkGuidance | None = None) -> torch.Tensor:
         c, dev = self.config, self.model.device
         inputs = self.pad_prompt(inputs.to(dev))
         b = inputs.batch_size
@@ -81,6 +88,9 @@ class ChunkSampler:
             raise ValueError(f"noise has shape {tuple(noise.shape)}; expected [B, H, D] = "
                              f"{(b, c.action_horizon, c.action_dim)}")
         noise = noise.to(dev, torch.float32)
+        if guidance is not None:  # RTC: never through the graph (module doc)
+            guidance.check((b, c.action_horizon, c.action_dim))
+            return guidance.freeze_prefix(self.flow(inputs, noise, guidance))
         if not self.cuda_graph:
             return self.flow(inputs, noise)
         key = (tuple(inputs.images.shape), tuple(inputs.tokens.shape))
@@ -88,18 +98,24 @@ class ChunkSampler:
             self._graphs[key] = _CapturedCall(self, inputs, noise)
         return self._graphs[key].replay(inputs, noise)
 
-    def flow(self, inputs: ModelInputs, noise: torch.Tensor) -> torch.Tensor:
+    def flow(self, inputs: ModelInputs, noise: torch.Tensor, guidance: ChunkGuidance | None = None) -> torch.Tensor:
         """Prefix pass, then the Euler steps from t = 1 to 0 -> actions [B, H, D] float32."""
         kv, pad = self._prefix_kv(inputs)
-        return self.denoise(noise, kv, self.model._expert_context(pad, self.config.action_horizon))
+        return self.denoise(noise, kv, self.model._expert_context(pad, self.config.action_horizon), guidance)
 
-    def denoise(self, x: torch.Tensor, kv, context) -> torch.Tensor:
-        """num_flow_steps expert steps over the prefix K/V: noise x [B, H, D] -> actions [B, H, D]."""
+    def denoise(self, x: torch.Tensor, kv, context, guidance: ChunkGuidance | None = None) -> torch.Tensor:
+        """num_flow_steps expert steps over the prefix K/V: noise x [B, H, D] -> actions [B, H, D]
+        (guided toward the running chunk when `guidance` is given: rtc.py)."""
         n = self.config.num_flow_steps
         dt = -1.0 / n
+        weights = None if guidance is None else guidance.weights(x.shape[1], x.device)
         for step in range(n):
             time = torch.full((x.shape[0],), 1.0 + step * dt, device=x.device)
-            x = x + dt * self._expert_step(x, time, kv, context)
+            if guidance is None:
+                x = x + dt * self._expert_step(x, time, kv, context)
+            else:
+                x = x + dt * guided_velocity(lambda x_in: self._expert_step(x_in, time, kv, context), x,
+                                             1.0 + step * dt, guidance, weights)
         return x
 
 

@@ -340,7 +340,7 @@ class PolicyNode(LifecycleNode):
         if observation is None:
             return
         try:
-            chunk = self.policy.infer(observation)
+            chunk = self.loop.infer(observation)
         except PolicyError as error:
             self._hold(str(error))
             return

@@ -16,8 +16,10 @@ observation was taken. By the time the chunk exists the model has run for a whil
    that covers a step, which needs a model call every control step; pi0's real-time
    chunking inpaints the new chunk so it agrees with the committed prefix, which needs a
    guided sampler inside the model. A linear cross-fade works with any model and bounds
-   the jump; RTC can replace it later without changing this interface (ActionChunk
-   already carries the times it needs).
+   the jump. chunk.mode "rtc" is that guided sampler (model/rtc.py): the policy gives the
+   model the running trajectory at the new chunk's step times and the estimated delay
+   (`DelayEstimate`), the model returns a chunk that already continues it, and the
+   scheduler does not cross-fade.
 3. Re-planning: ask for the next chunk once `execute_steps` steps of the current
    trajectory have run, or earlier when fewer than `min_remaining_steps` remain (a slow
    inference left little of the chunk); with no trajectory at all, ask right away.
@@ -28,6 +30,8 @@ float32 would turn a rate-limited command into one that exceeds its limit by an 
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -158,8 +162,9 @@ class ChunkScheduler:
             return ChunkPlan(None, dropped, 0, reason=(
                 f"all {dropped} steps of the chunk from {chunk.stamp_s:.6f} s had passed at "
                 f"{now_s:.6f} s (latency {now_s - chunk.stamp_s:.3f} s)"))
-        blended = 0 if self._current is None else min(self.config.blend_steps, trajectory.num_steps)
-        return ChunkPlan(blend(self._current, trajectory, self.config.blend_steps), dropped, blended)
+        blend_steps = self.config.blend_steps if self.config.mode == "blend" else 0  # rtc: the model stitched
+        blended = 0 if self._current is None else min(blend_steps, trajectory.num_steps)
+        return ChunkPlan(blend(self._current, trajectory, blend_steps), dropped, blended)
 
     def commit(self, trajectory: Trajectory, stamp_s: float) -> None:
         """Make `trajectory` (from the observation at stamp_s) the one being executed."""
@@ -185,6 +190,36 @@ class ChunkScheduler:
             return True
         return (self.steps_executed(now_s) >= self.config.execute_steps
                 or self.steps_remaining(now_s) < self.config.min_remaining_steps)
+
+
+class DelayEstimate:
+    """RTC's inference delay d in steps, from measured latencies (observation stamp -> execution).
+
+        d = ceil(p90 of the last `window` latencies / step_duration_s) + margin_steps
+
+    The latency is measured where it matters, from the observation's stamp to the moment the
+    chunk is executed (sync age + inference + transport), so a chunk's steps with index < d
+    are the ones that will have run from the previous chunk by then (latency compensation
+    drops them). An under-estimate lets a guided-but-not-frozen step run, which can jump
+    (LeRobot #2541); an over-estimate only follows the old chunk a little longer. Hence the
+    p90 rather than the median, and the margin. Before any measurement d = margin_steps.
+    """
+
+    def __init__(self, step_duration_s: float, margin_steps: int, window: int = 20, quantile: float = 0.9):
+        self.step_duration_s = step_duration_s
+        self.margin_steps = margin_steps
+        self.quantile = quantile
+        self._latencies_s: deque[float] = deque(maxlen=window)
+
+    def add(self, latency_s: float) -> None:
+        if math.isfinite(latency_s) and latency_s >= 0:
+            self._latencies_s.append(latency_s)
+
+    def steps(self) -> int:
+        if not self._latencies_s:
+            return self.margin_steps
+        p = float(np.quantile(np.asarray(self._latencies_s), self.quantile))
+        return math.ceil(p / self.step_duration_s - TIME_TOLERANCE_S) + self.margin_steps
 
 
 def chunk_period_warning(config, inference_s: float | None = None) -> str | None:

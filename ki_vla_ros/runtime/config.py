@@ -121,7 +121,13 @@ class ChunkConfig:
     execute_steps: int = _doc("request the next chunk once this many steps have run")
     min_remaining_steps: int = _doc("also request when fewer steps than this remain")
     step_duration_s: float = _doc("time between two action steps (s)")
-    blend_steps: int = _doc("steps over which a new chunk is cross-faded in (0 = none)")
+    blend_steps: int = _doc("steps over which a new chunk is cross-faded in (0 = none; mode blend only)")
+    mode: Literal["blend", "rtc"] = _doc(
+        "how a new chunk joins the running one: blend (cross-fade blend_steps) or rtc (real-time chunking: "
+        "the model samples the new chunk guided toward the running one)", default="blend")
+    rtc_margin_steps: int = _doc(
+        "rtc: steps added to the measured delay (p90 latency / step_duration_s, rounded up); an "
+        "under-estimate makes the robot jump", default=1)
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,10 @@ class ModelConfig:
         "torch.compile the prefix pass and the expert step (the first chunks compile: slow start); "
         "quote \"off\" in YAML, where a bare off is a boolean", default="off")
     cuda_graph: bool = _doc("replay each chunk as one captured CUDA graph (needs a CUDA device)", default=False)
+    remote: str | None = _doc(
+        "ws://host:port of a `ki-vla serve` policy server: the model runs there, not in this process "
+        "(token from the KI_VLA_SERVE_TOKEN environment variable)", default=None)
+    remote_timeout_s: float = _doc("remote: longest wait for a reply before holding (s)", default=2.0)
 
 
 @dataclass(frozen=True)
@@ -472,6 +482,7 @@ def _parse_scalar(hint: type, raw: Any, path: str, source: str) -> Any:
 # ----------------------------------------------------------------------------- consistency
 
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+_REMOTE = re.compile(r"^wss?://[^\s/:]+:\d+(/\S*)?$")
 
 
 def _check(config: RobotConfig, source: str) -> None:
@@ -580,6 +591,9 @@ def _check(config: RobotConfig, source: str) -> None:
         fail(f"{cpath}.blend_steps", chunk.blend_steps,
              f"between 0 and horizon_steps ({chunk.horizon_steps})")
 
+    if chunk.rtc_margin_steps < 0:
+        fail(f"{cpath}.rtc_margin_steps", chunk.rtc_margin_steps, "at least 0")
+
     sync, spath = config.sync, f"{policy}.sync"
     if sync.queue_size < 1:
         fail(f"{spath}.queue_size", sync.queue_size, "at least 1")
@@ -593,6 +607,11 @@ def _check(config: RobotConfig, source: str) -> None:
     if config.model.cuda_graph and not config.model.device.startswith(("cuda", "auto")):
         fail(f"{policy}.model.cuda_graph", True, f"false: CUDA graphs need device cuda or auto, "
              f"not '{config.model.device}'")
+
+    if config.model.remote is not None and not _REMOTE.match(config.model.remote):
+        fail(f"{policy}.model.remote", config.model.remote, "ws://host:port or wss://host:port")
+    if not config.model.remote_timeout_s > 0:
+        fail(f"{policy}.model.remote_timeout_s", config.model.remote_timeout_s, "a duration > 0")
 
     planner = f"planner_node.{PARAMS_KEY}"
     if config.planner.rate_hz <= 0:

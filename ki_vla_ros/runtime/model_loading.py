@@ -48,8 +48,13 @@ def load_predictor(config: RobotConfig, checkpoint: str | None = None, device: s
 
     checkpoint: overrides config.model.checkpoint. "tiny" builds the tiny preset with random
     weights (for tests) sized to the robot's state, action and camera counts; "demo" is the
-    shipped single_arm demo checkpoint (DEMO_CHECKPOINT_DIR).
+    shipped single_arm demo checkpoint (DEMO_CHECKPOINT_DIR). With model.remote set (and no
+    checkpoint override) -> a ki_vla_ros.serve.client.RemotePredictor for that server instead.
     """
+    if config.model.remote is not None and checkpoint is None:
+        from ki_vla_ros.serve.client import RemotePredictor
+
+        return RemotePredictor(config.model.remote, timeout_s=config.model.remote_timeout_s)
     from ki_vla_ros.model.inference import Predictor
 
     checkpoint = checkpoint or config.model.checkpoint

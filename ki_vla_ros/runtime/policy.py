@@ -15,6 +15,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ki_vla_ros.runtime.action_chunk import ActionChunk, InferenceTimings
+from ki_vla_ros.runtime.chunking import TIME_TOLERANCE_S, Trajectory
 from ki_vla_ros.runtime.config import RobotConfig
 from ki_vla_ros.runtime.observation import Observation
 
@@ -33,8 +34,11 @@ class Predictor(Protocol):
     horizon: int
 
     def predict_chunk(self, images: Sequence[np.ndarray | None], state: np.ndarray, prompt: str,
-                      noise: np.ndarray | None = None) -> np.ndarray:
-        """-> float32 [horizon, action_dim] in robot units."""
+                      noise: np.ndarray | None = None, previous_actions: np.ndarray | None = None,
+                      inference_delay_steps: int = 0) -> np.ndarray:
+        """-> float32 [horizon, action_dim] in robot units. previous_actions [K <= horizon,
+        action_dim] (robot units, at this chunk's step times) asks for real-time chunking
+        with the first inference_delay_steps of them frozen (model/rtc.py)."""
         ...
 
     def generate_subtask(self, images: Sequence[np.ndarray | None], task: str,
@@ -68,8 +72,13 @@ class Policy:
             raise PolicyError(f"model does not fit robot '{c.name}' ({c.source}): "
                               + "; ".join(problems))
 
-    def infer(self, observation: Observation, noise: np.ndarray | None = None) -> ActionChunk:
-        """Observation -> ActionChunk of chunk.horizon_steps steps starting at the observation."""
+    def infer(self, observation: Observation, noise: np.ndarray | None = None, running: Trajectory | None = None,
+              delay_steps: int = 0) -> ActionChunk:
+        """Observation -> ActionChunk of chunk.horizon_steps steps starting at the observation.
+
+        running: the trajectory being executed; given, the chunk is sampled with real-time
+        chunking toward it (`running_actions`), its first delay_steps steps frozen to it.
+        """
         t0 = time.perf_counter()
         prompt = observation.prompt.strip()
         if not prompt:
@@ -81,8 +90,13 @@ class Policy:
                               f"expected {self.predictor.state_dim} finite values")
         images = list(observation.images)
         images += [None] * (self.predictor.num_cameras - len(images))  # unused model slots
+        previous = None if running is None else self.running_actions(observation.stamp_s, running)
         t1 = time.perf_counter()
-        raw = self.predictor.predict_chunk(images, state, prompt, noise=noise)
+        if previous is None:
+            raw = self.predictor.predict_chunk(images, state, prompt, noise=noise)
+        else:
+            raw = self.predictor.predict_chunk(images, state, prompt, noise=noise, previous_actions=previous,
+                                               inference_delay_steps=delay_steps)
         t2 = time.perf_counter()
         actions = self._checked(raw)
         t3 = time.perf_counter()
@@ -98,6 +112,20 @@ class Policy:
             instruction=prompt,
             timings=timings,
         )
+
+    def running_actions(self, stamp_s: float, running: Trajectory) -> np.ndarray | None:
+        """The running trajectory at the step times of a chunk from the observation at stamp_s
+        (step k due at stamp_s + (k + 1) * dt) -> float32 [K, action_dim], K = the steps it still
+        covers (at most the model's horizon); None when it covers none."""
+        if running.action_names != tuple(self.config.action_names):
+            raise PolicyError(f"running trajectory is over {running.action_names}; expected "
+                              f"{self.config.action_names}")
+        dt = self.config.chunk.step_duration_s
+        times = stamp_s + dt * (1 + np.arange(self.predictor.horizon))
+        covered = int(np.sum(times <= running.end_time_s + TIME_TOLERANCE_S))
+        if covered == 0:
+            return None
+        return running.sample(times[:covered]).astype(np.float32)
 
     def _checked(self, raw: object) -> np.ndarray:
         expected = (self.predictor.horizon, self.config.action_dim)

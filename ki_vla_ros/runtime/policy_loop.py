@@ -5,7 +5,8 @@ ROS-free, so the live node and the rosbag replay evaluator run the same steps:
     add(input, stamp, payload)  -> approximate-time sync of cameras + joint states (+ odom)
     take_observation(now)       -> the newest synchronized set as an Observation (never older
                                    than sync.max_age_s, never used twice)
-    policy.infer(observation)   -> ActionChunk (model time measured)
+    infer(observation)          -> policy.infer: ActionChunk (model time measured); with
+                                   chunk.mode rtc guided toward the running trajectory
     execute(chunk, obs, now)    -> latency compensation, blending with the running chunk,
                                    safety filter, per-group commands; or a hold with reasons
 
@@ -23,11 +24,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ki_vla_ros.runtime.action_chunk import ActionChunk
-from ki_vla_ros.runtime.chunking import ChunkScheduler, Trajectory
+from ki_vla_ros.runtime.chunking import ChunkScheduler, DelayEstimate, Trajectory
 from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TwistCommand, joint_trajectory_commands, twist_at
 from ki_vla_ros.runtime.config import RobotConfig
 from ki_vla_ros.runtime.observation import Observation, ObservationAssembler, ObservationError
-from ki_vla_ros.runtime.policy import Policy
+from ki_vla_ros.runtime.policy import Policy, PolicyError
 from ki_vla_ros.runtime.safety import SafetyFilter, SafetyStatus, measured_reference
 from ki_vla_ros.runtime.sync import ApproximateTimeSync, SyncedSet, SyncResult, SyncStatus
 
@@ -91,6 +92,7 @@ class PolicyLoop:
         self.sync = ApproximateTimeSync.from_config(config.sync, sync_inputs(config))
         self.assembler = ObservationAssembler(config)
         self.scheduler = ChunkScheduler(config.chunk)
+        self.delay = DelayEstimate(config.chunk.step_duration_s, config.chunk.rtc_margin_steps)
         self.safety = SafetyFilter.from_robot_config(config)
         self.instruction = config.default_instruction
         self.counters = LoopCounters()
@@ -165,8 +167,26 @@ class PolicyLoop:
     def should_request_chunk(self, now_s: float) -> bool:
         return self.scheduler.should_request_chunk(now_s)
 
+    def infer(self, observation: Observation, noise=None) -> ActionChunk:
+        """policy.infer; with chunk.mode rtc and a trajectory running, guided toward it with the
+        estimated delay (DelayEstimate). Raises PolicyError like policy.infer."""
+        running = self.scheduler.current if self.config.chunk.mode == "rtc" else None
+        try:
+            if running is None:
+                chunk = self.policy.infer(observation, noise=noise)
+            else:
+                chunk = self.policy.infer(observation, noise=noise, running=running, delay_steps=self.delay.steps())
+        except PolicyError as error:  # kept for diagnostics until the next chunk (e.g. a lost policy server)
+            with self._lock:
+                self.counters.note_error("policy", str(error))
+            raise
+        with self._lock:
+            self.counters.errors.pop("policy", None)
+        return chunk
+
     def execute(self, chunk: ActionChunk, observation: Observation, now_s: float) -> Execution:
         """Turn a chunk into commands that start now (or a hold, with reasons)."""
+        self.delay.add(now_s - chunk.stamp_s)
         plan = self.scheduler.plan(chunk, now_s)
         if plan.trajectory is None:
             self.counters.skipped += 1

@@ -1,0 +1,5 @@
+"""Tests import ServerProcess from server_process.py next to this file."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,0 +1,120 @@
+"""RemotePredictor against servers that misbehave (real websocket servers on loopback, scripted):
+every failure is a PolicyError naming the server and the reason, never a chunk, and reconnects
+wait a doubling backoff."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from websockets.sync.server import serve
+
+from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR, ConfigError, load_robot_config
+from ki_vla_ros.runtime.policy import PolicyError
+from ki_vla_ros.serve import client as client_module
+from ki_vla_ros.serve.client import RemotePredictor
+from ki_vla_ros.serve.protocol import pack
+
+METADATA = {"action_horizon": 10, "action_dim": 8, "state_dim": 8, "num_cameras": 2}
+IMAGES = [np.zeros((32, 32, 3), np.uint8)] * 2
+
+
+class ScriptedServer:
+    """A websocket server that sends `metadata`, then answers each request with reply(request)
+    (None: never answers)."""
+
+    def __init__(self, reply, metadata=METADATA):
+        def handler(ws):
+            ws.send(pack(metadata))
+            for message in ws:
+                answer = reply(message)
+                if answer is not None:
+                    ws.send(answer)
+
+        self.server = serve(handler, "127.0.0.1", 0)
+        self.uri = f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_reply_of_the_wrong_shape_is_a_policy_error_and_the_client_reconnects():
+    server = ScriptedServer(lambda m: pack({"actions": np.zeros((3, 8), np.float32)}))
+    try:
+        remote = RemotePredictor(server.uri, timeout_s=2.0)
+        with pytest.raises(PolicyError, match=r"malformed reply: 'actions' is float32 \[3, 8\]; expected float "
+                                              r"\[10, 8\]; next connection attempt in 0.5 s"):
+            remote.predict_chunk(IMAGES, np.zeros(8), "task")
+        with pytest.raises(PolicyError, match="next connection attempt in 0.[0-5] s"):  # within the backoff
+            remote.predict_chunk(IMAGES, np.zeros(8), "task")
+        time.sleep(0.6)
+        with pytest.raises(PolicyError, match="malformed reply"):  # reconnected, same bad server
+            remote.predict_chunk(IMAGES, np.zeros(8), "task")
+        assert remote.reconnects == 1
+    finally:
+        server.close()
+
+
+def test_a_silent_server_times_out_and_garbage_is_named():
+    server = ScriptedServer(lambda m: None)
+    garbage = ScriptedServer(lambda m: b"\xc1")
+    try:
+        remote = RemotePredictor(server.uri, timeout_s=0.3)
+        t0 = time.monotonic()
+        with pytest.raises(PolicyError, match=f"policy server {server.uri}: no reply within 0.3 s"):
+            remote.predict_chunk(IMAGES, np.zeros(8), "task")
+        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(PolicyError, match="malformed reply: message is not valid msgpack"):
+            RemotePredictor(garbage.uri).predict_chunk(IMAGES, np.zeros(8), "task")
+    finally:
+        server.close()
+        garbage.close()
+
+
+def test_no_server_or_a_server_without_sizes_fails_at_start_naming_it(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    with pytest.raises(PolicyError, match=f"policy server ws://127.0.0.1:{port}: cannot connect"):
+        RemotePredictor(f"ws://127.0.0.1:{port}", timeout_s=1.0)
+    openpi_like = ScriptedServer(lambda m: None, metadata={})
+    try:
+        with pytest.raises(PolicyError, match=r"metadata has no \['num_cameras', 'state_dim', 'action_dim', "
+                                              r"'action_horizon'\]"):
+            RemotePredictor(openpi_like.uri)
+    finally:
+        openpi_like.close()
+
+
+def test_backoff_doubles_up_to_the_cap():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ScriptedServer(lambda m: None)
+    remote = RemotePredictor(server.uri, timeout_s=0.2)
+    server.close()
+    remote.uri = f"ws://127.0.0.1:{port}"  # the server moved away: every attempt is refused
+    waits = []
+    for _ in range(6):
+        remote._next_attempt_s = 0.0  # skip the wait itself; the test reads the schedule
+        with pytest.raises(PolicyError) as error:
+            remote.predict_chunk(IMAGES, np.zeros(8), "task")
+        waits.append(float(str(error.value).rsplit("in ", 1)[1].split(" s")[0]))
+    assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    assert waits[-1] == client_module.BACKOFF_MAX_S
+
+
+def test_model_remote_must_be_a_websocket_url(tmp_path):
+    document = yaml.safe_load((SOURCE_CONFIG_DIR / "single_arm.yaml").read_text())
+    bad = copy.deepcopy(document)
+    bad["policy_node"]["ros__parameters"]["model"]["remote"] = "http://gpu:8000"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=r"model\.remote = 'http://gpu:8000': ws://host:port"):
+        load_robot_config(path)

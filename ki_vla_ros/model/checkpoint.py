@@ -53,12 +53,14 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------- save
-def save_pretrained(model: KIVLA, directory) -> None:
+def save_pretrained(model: KIVLA, directory, state: dict[str, torch.Tensor] | None = None) -> None:
+    """state: the weights to write instead of model.state_dict() (a trainer's gathered FSDP state,
+    merged LoRA weights); the config, norm stats and tokenizers always come from the model."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     if model.backbone.lm_head.weight is model.backbone.model.language_model.embed_tokens.weight:
-        del state[_TIED_HEAD]
+        state.pop(_TIED_HEAD, None)
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "layout": "ki_vla_ros"})
     model.config.save(directory / CONFIG_FILE)
     if model.norm_stats:

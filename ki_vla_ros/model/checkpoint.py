@@ -93,8 +93,8 @@ def load_pretrained(directory, *, config: KIVLAConfig | None = None, device: str
     if dtype is not None:
         model.to(dtype)
     load_weights(model, shapes, files, layout)
-    model.norm_stats = _load_norm_stats(directory)
-    model.fast_tokenizer = _load_fast_tokenizer(directory)
+    model.norm_stats = load_checkpoint_norm_stats(directory)
+    model.fast_tokenizer = load_checkpoint_fast_tokenizer(directory)
     return model
 
 
@@ -259,7 +259,7 @@ def _load_text_tokenizer(directory: Path, config: KIVLAConfig):
     return None  # weights usable for tests; the Predictor reports the missing tokenizer
 
 
-def _load_norm_stats(directory: Path):
+def load_checkpoint_norm_stats(directory: Path):
     """norm_stats.json at the top, else openpi's assets/<asset_id>/norm_stats.json, else LeRobot's
     normalizer processor file ("observation.state.q01", "action.q99", ...)."""
     from .normalize import load_norm_stats
@@ -295,7 +295,7 @@ def _lerobot_norm_stats(path: Path):
     return stats
 
 
-def _load_fast_tokenizer(directory: Path):
+def load_checkpoint_fast_tokenizer(directory: Path):
     from .fast import CONFIG_FILE as FAST_CONFIG
     from .fast import FASTTokenizer
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -140,6 +141,9 @@ def shard_model(model: nn.Module, device: torch.device) -> None:
     layers = [*model.backbone.model.language_model.layers,
               *model.backbone.model.vision_tower.encoder.layers,
               *model.action_expert.layers]
+    # A Gemma layer returns its K/V as views (transposes); FSDP2 warns that an in-place op on a view
+    # would skip its backward hook. Nothing edits them in place (the expert concatenates them).
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     for layer in layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)

@@ -35,7 +35,7 @@ class LoRALinear(nn.Linear):
     """y = x W^T + b + scale * (x A^T) B^T, with A [r, in] (Kaiming init) and B [out, r] (zeros),
     so the adapted layer starts exactly at the base layer (Hu et al., 2021). W is frozen."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator | None = None):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias  # the same Parameters: keys and values unchanged
@@ -43,18 +43,21 @@ class LoRALinear(nn.Linear):
         if self.bias is not None:
             self.bias.requires_grad_(False)
         w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
+        a = nn.init.kaiming_uniform_(torch.empty(rank, base.in_features), a=math.sqrt(5), generator=generator)
+        self.lora_A = nn.Parameter(a.to(w.device, w.dtype))  # drawn on CPU: the same on every rank and device
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scale = alpha / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
 
 
-def apply_lora(model: KIVLA, rank: int, alpha: float, targets: tuple[str, ...] = LORA_TARGETS) -> int:
+def apply_lora(model: KIVLA, rank: int, alpha: float, targets: tuple[str, ...] = LORA_TARGETS,
+               seed: int = 0) -> int:
     """Put LoRA adapters on the targeted projections of every Gemma layer; freeze the rest of the
-    backbone. Returns the number of adapted layers."""
+    backbone. The A matrices are drawn from `seed`, so every rank starts from the same adapters
+    (FSDP does not broadcast them). Returns the number of adapted layers."""
+    generator = torch.Generator().manual_seed(seed)
     unknown = sorted(set(targets) - set(LORA_TARGETS))
     if unknown or not targets:
         raise ValueError(f"--lora-targets is {list(targets)}; expected a non-empty subset of {list(LORA_TARGETS)}")
@@ -71,7 +74,7 @@ def apply_lora(model: KIVLA, rank: int, alpha: float, targets: tuple[str, ...] =
                 if rank > min(base.in_features, base.out_features):
                     raise ValueError(f"--lora rank is {rank}; the backbone's {name} is {base.out_features}x"
                                      f"{base.in_features}, so the rank must be <= {min(base.in_features, base.out_features)}")
-                setattr(parent, name, LoRALinear(base, rank, alpha))
+                setattr(parent, name, LoRALinear(base, rank, alpha, generator))
                 adapted += 1
     model.action_expert.requires_grad_(True)
     return adapted

@@ -273,7 +273,7 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 def prepare_parameters(model: KIVLA, config: TrainConfig) -> None:
     """What trains and how activations are kept: --freeze, LoRA adapters, activation checkpointing."""
     if config.lora_rank:
-        apply_lora(model, config.lora_rank, config.lora_rank * config.lora_scale, config.lora_targets)
+        apply_lora(model, config.lora_rank, config.lora_rank * config.lora_scale, config.lora_targets, config.seed)
     freeze(model, config.freeze)
     model.set_activation_checkpointing(config.activation_checkpointing)
 
@@ -462,16 +462,24 @@ def gather_training_state(model: KIVLA, optimizer: torch.optim.Optimizer, sharde
     "params": [param names]]}), full tensors on CPU. Under fsdp a collective (all ranks call it;
     rank 0 receives the tensors)."""
     if sharded:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+        return full_model_state(model, sharded), get_optimizer_state_dict(model, optimizer, options=options)
     names = trainable_names(model)
     opt = optimizer.state_dict()
     state = {names[index]: values for index, values in opt["state"].items()}
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in opt["param_groups"]]
     return model.state_dict(), {"state": state, "param_groups": groups}
+
+
+def full_model_state(model: KIVLA, sharded: bool) -> dict[str, torch.Tensor]:
+    """The whole model's state dict; under fsdp gathered from the shards (a collective), on rank 0."""
+    if not sharded:
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _write_dir_atomically(directory: Path, write: Callable[[Path], None]) -> None:

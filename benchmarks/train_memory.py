@@ -8,16 +8,19 @@ What is measured (CPU, π0.5 widths, depths cut to 1-2 layers, batch 1):
                               (saved_tensors_hooks, storages counted once, parameters excluded, plus
                               the layer inputs a checkpointed layer keeps), under bf16 autocast as
                               on a GPU, with and without activation checkpointing
-    step time                 forward + backward + AdamW at the cut depth (fp32, CPU)
+    step time                 forward + backward + AdamW at the cut depth (fp32, CPU; vocabulary
+                              cut to 16k so the optimizer state fits a small machine)
 
 Extrapolation: activations are linear in depth (3 cuts: vision 1/2 layers x Gemma+expert 1/2
 layers give the per-layer slopes), so full = base + 27 vision layers + 18 Gemma/expert layers.
 The plan per GPU (capacity C, W GPUs, P parameters, A activation bytes per sample):
 
-    full (single/DDP)    16 B x P                       + A x b
+    full (single/DDP)    16 B x P + autocast's bf16 weight copies          + A x b
     fsdp                 16 B x P / W + gathered working set (root group + 2 layers in bf16 and
                          their fp32 gradients before the reduce-scatter) + A x b
-    LoRA                 4 B x P_frozen + 16 B x P_trainable + A x b   (frozen weights kept fp32)
+    LoRA                 4 B x P_frozen + 16 B x P_trainable + weight copies + A x b
+    (bf16 autocast keeps a bf16 copy of every weight it used for backward, 2 B x P; with
+    checkpointing only of the weights outside the layers: embedding/head, projector, expert I/O)
     usable               C x 0.9 - 1.5 GB (CUDA context, allocator fragmentation)
 
 largest b = floor((usable - state) / A); the global batch is b x W (more with --grad-accum).
@@ -56,6 +59,7 @@ GB = 1e9
 SETUPS = {"1 x 24 GB": (24, 1), "1 x 80 GB": (80, 1), "8 x 80 GB": (80, 8)}  # name -> (GB per GPU, GPUs)
 STRATEGY_ROWS = ("full", "full + ckpt", "fsdp", "fsdp + ckpt", "LoRA", "LoRA + ckpt")
 RESERVE_FRACTION, RESERVE_BYTES = 0.10, 1.5 * GB
+TIMING_VOCAB = 16384
 
 
 def parse_args():
@@ -129,7 +133,8 @@ def count_saved_bytes(model: torch.nn.Module):
     -> {"activations": bytes, "weight_copies": bytes}: a saved tensor shaped like a parameter is
     autocast's bf16 copy of that weight (once per step, whatever the batch), not an activation."""
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    param_shapes = {tuple(p.shape) for p in model.parameters() if p.dim() >= 2}
+    param_shapes = {shape for p in model.parameters() if p.dim() >= 2  # linear saves its weight transposed
+                    for shape in (tuple(p.shape), tuple(reversed(p.shape)))}
     seen: dict[int, tuple[int, bool]] = {}
     result = {"activations": 0, "weight_copies": 0}
 
@@ -277,9 +282,13 @@ def memory_plan(args) -> dict:
         print(f"activations ({name}): cuts {[round(c / 1e6, 1) for c in cuts]} MB -> "
               f"{activations[name]['full'] / GB:.2f} GB per sample at full depth", flush=True)
     timing = {}
+    # The step is timed with the vocabulary cut to 16k (the 257k-row embedding's AdamW state alone is
+    # 6 GB): the cut model then fits a laptop; the per-layer work is the full model's.
+    timing_config = dataclasses.replace(cut_config(1, 1), vocab_size=TIMING_VOCAB)
+    timing_batch = make_batch(timing_config, 1, args.cameras, args.prompt_tokens, args.target_tokens)
     for name, options in (("full", {}), ("full + ckpt", {"activation_checkpointing": True}),
                           ("LoRA", {"lora_rank": args.lora_rank})):
-        timing[name] = timed_steps(cut_config(1, 1), batch, TrainConfig(**options), args.timing_runs)
+        timing[name] = timed_steps(timing_config, timing_batch, TrainConfig(**options), args.timing_runs)
         print(f"step at the cut depth ({name}): {timing[name]['step_s']:.2f} s", flush=True)
     state = {"trainable": timing["full"]["per_trainable"], "frozen": timing["LoRA"]["per_frozen"],
              "autocast_weight_copies": weight_copies, "autocast_weight_copies_ckpt_bytes": weight_copies_ckpt}

@@ -219,7 +219,7 @@ class BatchBuilder:
         return [collate(examples[i: i + self.micro], self.pad_id) for i in range(0, len(examples), self.micro)]
 
 
-class _RecipeLoss(nn.Module):
+class RecipeLoss(nn.Module):
     """model.compute_loss(batch, recipe) as a forward(), so DDP can see the backward coming."""
 
     def __init__(self, model: KIVLA, recipe: str):
@@ -314,7 +314,7 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
     optimizer = make_optimizer(model, config)
     if resume_from is not None:
         load_optimizer_state(resume_from, model, optimizer, sharded=strategy == "fsdp")
-    runner: nn.Module = _RecipeLoss(model, config.recipe)
+    runner: nn.Module = RecipeLoss(model, config.recipe)
     if strategy == "ddp":
         # pi0 never runs the backbone's head and final norm, fast never runs the expert.
         runner = nn.parallel.DistributedDataParallel(

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from ki_vla_ros.train.distributed import shard_model
 from ki_vla_ros.train.prepare import prepare_run
-from ki_vla_ros.train.trainer import TrainConfig, full_model_state, prepare_parameters, train
+from ki_vla_ros.train.trainer import TrainConfig, RecipeLoss, full_model_state, prepare_parameters, train
 
 STEPS = 3
 INTERRUPT_AT = 2
@@ -51,16 +51,18 @@ def interrupted_and_resumed(data: str, out_dir: Path, overrides: dict):
     return second.model, train(second.model, config, second.action_sampler, second.vlm_sampler)
 
 
-def ki_gradients(model, batch, recipe: str = "ki", sharded: bool = False) -> dict[str, float]:
+def ki_gradients(model, batch, recipe: str = "ki", sharded: bool = False, forward=None) -> dict[str, float]:
     """Largest |gradient| that each loss term alone puts on each part of the model:
     {"flow->backbone", "flow->adapters", "flow->expert", "ce->backbone", "ce->adapters", "ce->expert"}
-    (adapters: LoRA parameters, also counted in backbone). Under fsdp the max over all shards."""
+    (adapters: LoRA parameters, also counted in backbone). Under fsdp the max over all shards.
+    forward(batch) -> losses: default model.compute_loss(batch, recipe) (a DDP wrapper in the worker)."""
+    forward = forward or (lambda b: model.compute_loss(b, recipe))
     parts = {"backbone": lambda n: n.startswith("backbone."), "adapters": lambda n: ".lora_" in n,
              "expert": lambda n: n.startswith("action_expert.")}
     out = {}
     for term in ("flow", "ce"):
         model.zero_grad(set_to_none=True)
-        model.compute_loss(batch, recipe)[term].backward()
+        forward(batch)[term].backward()
         for part, member in parts.items():
             grads = [p.grad for n, p in model.named_parameters() if member(n) and p.grad is not None]
             local = max((float((g.to_local() if sharded else g).abs().max()) for g in grads), default=0.0)
@@ -94,13 +96,19 @@ def main(data: str, out: str) -> None:
         model, history = interrupted_and_resumed(data, out_dir / name, SCENARIOS[twin])
         _save(out_dir, name, model, history, sharded=True)
 
-    config = strategy_config(lora_rank=4)
-    run = prepare_run(data, config)
-    batch = run.action_sampler.sample(4, np.random.default_rng(7))
-    prepare_parameters(run.model, config)
-    shard_model(run.model, torch.device("cpu"))
-    run.model.train()
-    result = ki_gradients(run.model, batch, sharded=True)
+    result = {}
+    for strategy in ("ddp", "fsdp"):
+        config = strategy_config(lora_rank=4)
+        run = prepare_run(data, config)
+        batch = run.action_sampler.sample(4, np.random.default_rng(7 + dist.get_rank()))
+        prepare_parameters(run.model, config)
+        run.model.train()
+        if strategy == "fsdp":
+            shard_model(run.model, torch.device("cpu"))
+            result[strategy] = ki_gradients(run.model, batch, sharded=True)
+        else:  # one term at a time leaves parameters without gradient: DDP must look for them
+            ddp = torch.nn.parallel.DistributedDataParallel(RecipeLoss(run.model, "ki"), find_unused_parameters=True)
+            result[strategy] = ki_gradients(run.model, batch, forward=ddp)
     if dist.get_rank() == 0:
         (out_dir / "ki_gradients.json").write_text(json.dumps(result))
 

@@ -37,10 +37,12 @@ plan's prediction for the same setup, to compare.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
 import platform
 import statistics
 import time
@@ -68,7 +70,7 @@ def parse_args():
     p.add_argument("--target-tokens", type=int, default=64, help="FAST / text target tokens per sample")
     p.add_argument("--cameras", type=int, default=3)
     p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--timing-runs", type=int, default=2, help="timed steps at the cut depth (after 1 warm-up)")
+    p.add_argument("--timing-runs", type=int, default=1, help="timed steps at the cut depth (after 1 warm-up)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="train_memory.json")
     p.add_argument("--cuda-step", action="store_true", help="time one full-size π0.5 KI step on CUDA instead")
@@ -178,6 +180,14 @@ def activation_bytes(config: KIVLAConfig, batch: TrainingBatch, checkpointing: b
     return counted
 
 
+def in_fresh_process(fn, *args):
+    """fn(*args) in a new process: each cut model (2-3 GB at π0.5 widths) gives its memory back."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=torch.set_num_threads,
+                                                initargs=(torch.get_num_threads(),)) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Bytes per trainable and per frozen parameter of the real tensors after an optimizer step."""
     params = list({id(p): p for p in model.parameters()}.values())
@@ -271,7 +281,7 @@ def memory_plan(args) -> dict:
               "actions": full.action_horizon}
     activations, weight_copies, weight_copies_ckpt = {}, None, None
     for name, ckpt in (("none", False), ("checkpointing", True)):
-        measured = [activation_bytes(cut_config(v, d), batch, ckpt) for v, d in ((1, 1), (2, 1), (1, 2))]
+        measured = [in_fresh_process(activation_bytes, cut_config(v, d), batch, ckpt) for v, d in ((1, 1), (2, 1), (1, 2))]
         cuts = [m["activations"] for m in measured]
         activations[name] = {"measured_cuts": dict(zip(("v1_l1", "v2_l1", "v1_l2"), cuts)),
                              **extrapolated_activations(*cuts, full)}
@@ -328,12 +338,15 @@ def print_plan(plan: dict) -> None:
 # ----------------------------------------------------------------------------- the GPU step
 def one_ki_step(device: str | torch.device = "cuda", batch_size: int = 8, activation_checkpointing: bool = False,
                 lora_rank: int = 0, runs: int = 3, cameras: int = 3, prompt_tokens: int = 200,
-                target_tokens: int = 64, vision_depth: int | None = None, depth: int | None = None) -> dict:
+                target_tokens: int = 64, vision_depth: int | None = None, depth: int | None = None,
+                vocab_size: int | None = None) -> dict:
     """Time full-size π0.5 KI training steps (bf16 autocast on CUDA, fp32 master weights, AdamW)
     -> {"step_s" (median of `runs` after a warm-up), "peak_allocated_bytes" (CUDA), "batch_size", ...}.
-    vision_depth / depth cut the model (e.g. to try the function on CPU)."""
+    vision_depth / depth / vocab_size cut the model (e.g. to try the function on CPU)."""
     device = torch.device(device)
     config = cut_config(vision_depth, depth)
+    if vocab_size:
+        config = dataclasses.replace(config, vocab_size=vocab_size)
     batch = make_batch(config, batch_size, cameras, prompt_tokens, target_tokens)
     train_config = TrainConfig(activation_checkpointing=activation_checkpointing, lora_rank=lora_rank)
     result = timed_steps(config, batch, train_config, runs, device)

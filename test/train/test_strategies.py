@@ -137,17 +137,18 @@ def test_lora_changes_only_adapters_and_expert_and_saves_merged_weights(sim_data
     assert torch.allclose(unmerged_actions, merged_actions, atol=1e-5), (unmerged_actions - merged_actions).abs().max()
 
 
-def test_lora_resume_in_one_process_is_exact_and_a_rank_change_is_refused(sim_dataset_dir, tmp_path):
+def test_lora_resume_in_one_process_is_exact_and_a_rank_change_or_dropping_lora_is_refused(sim_dataset_dir, tmp_path):
     straight, _ = _trained(sim_dataset_dir, lora_rank=4)
     resumed, history = interrupted_and_resumed(str(sim_dataset_dir), tmp_path, {"lora_rank": 4})
     assert [m["step"] for m in history] == [3]
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
 
-    config = strategy_config(tmp_path, lora_rank=8, resume=True)
-    with pytest.raises(ValueError, match=r"trained with --lora 4 .*this run asks for --lora 8"):
-        run = prepare_run(sim_dataset_dir, config)
-        train(run.model, config, run.action_sampler, run.vlm_sampler)
+    for rank, asked in ((8, "--lora 8"), (0, "no --lora")):
+        config = strategy_config(tmp_path, lora_rank=rank, resume=True)
+        with pytest.raises(ValueError, match=rf"trained with --lora 4 .*this run asks for {asked}"):
+            run = prepare_run(sim_dataset_dir, config)
+            train(run.model, config, run.action_sampler, run.vlm_sampler)
 
 
 def test_bad_strategy_and_lora_settings_are_named(sim_dataset_dir, tmp_path, capsys):

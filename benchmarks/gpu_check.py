@@ -317,26 +317,29 @@ def predictor_rows(model: KIVLA, args, budget: Budget, device: torch.device) -> 
 
 
 def training_step(config: KIVLAConfig, batch_size: int, device, budget: Budget) -> dict:
-    """One KI step (forward, backward, AdamW): benchmarks/train_memory.py's when it has
-    `time_ki_step(config=KIVLAConfig, device=str, batch_size=int) -> dict` (with "step_ms" and
-    "peak_mem_mib", and the memory options it applies), else a plain step here: fp32 weights,
-    bf16 autocast on CUDA, AdamW, no activation checkpointing."""
+    """One KI step (forward, backward, AdamW). On CUDA: benchmarks/train_memory.py's
+    `one_ki_step` at π0.5 size with activation checkpointing (the memory plan's measurement,
+    comparable with docs/train_memory.json). Elsewhere (the --tiny CPU run): a plain step of
+    `config` here: fp32 weights, AdamW, no activation checkpointing."""
     import importlib.util
 
-    path = Path(__file__).with_name("train_memory.py")
-    try:
-        spec = importlib.util.spec_from_file_location("train_memory", path)
-        if not path.is_file() or spec is None:
-            raise ImportError(f"no {path.name} next to gpu_check.py")
-        train_memory = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(train_memory)
-        time_ki_step = train_memory.time_ki_step
-    except (ImportError, AttributeError) as e:
-        note = f"n/a: benchmarks/train_memory.py time_ki_step ({type(e).__name__}: {e}); plain step timed here"
-        print(note, flush=True)
-    else:
-        return {"source": "train_memory.time_ki_step",
-                **time_ki_step(config=config, device=str(device), batch_size=batch_size)}
+    note = ""
+    if device.type == "cuda":
+        path = Path(__file__).with_name("train_memory.py")
+        try:
+            spec = importlib.util.spec_from_file_location("train_memory", path)
+            if not path.is_file() or spec is None:
+                raise ImportError(f"no {path.name} next to gpu_check.py")
+            train_memory = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(train_memory)
+            one_ki_step = train_memory.one_ki_step
+        except (ImportError, AttributeError) as e:
+            note = f"n/a: benchmarks/train_memory.py one_ki_step ({type(e).__name__}: {e}); plain step timed here"
+            print(note, flush=True)
+        else:
+            result = one_ki_step(device, batch_size=batch_size, activation_checkpointing=True, runs=3)
+            return {"source": "train_memory.one_ki_step", **result, "step_ms": result["step_s"] * 1e3,
+                    "peak_mem_mib": result["peak_allocated_bytes"] / 2**20}
     torch.manual_seed(0)
     with torch.device(device):
         model = KIVLA(config).train()

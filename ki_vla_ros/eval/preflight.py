@@ -73,7 +73,7 @@ def format_table(results: Sequence[CheckResult], width: int = 90) -> str:
 def run_checks(config: RobotConfig, checkpoint: str | Path, bag: str | Path | None = None) -> list[CheckResult]:
     """Every check of the module docstring; a missing checkpoint part stops the ones that need it."""
     from ki_vla_ros.model.checkpoint import (
-        NORM_STATS_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, read_config, read_norm_stats, read_text_tokenizer)
+        NORM_STATS_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, read_config, load_checkpoint_norm_stats, read_text_tokenizer)
     from ki_vla_ros.model.normalize import load_data_layout
 
     directory = Path(checkpoint).expanduser()
@@ -82,7 +82,7 @@ def run_checks(config: RobotConfig, checkpoint: str | Path, bag: str | Path | No
         return [CheckResult("checkpoint files", FAIL, "a checkpoint directory", f"{directory} is not a directory")]
     try:
         model = read_config(directory)
-        stats = read_norm_stats(directory)
+        stats = load_checkpoint_norm_stats(directory)
         tokenizer = read_text_tokenizer(directory, model)
     except (ValueError, OSError) as e:
         return [CheckResult("checkpoint files", FAIL, "config.json, weights, norm stats, tokenizer", str(e))]

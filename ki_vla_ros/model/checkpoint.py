@@ -54,12 +54,14 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------- save
-def save_pretrained(model: KIVLA, directory) -> None:
+def save_pretrained(model: KIVLA, directory, state: dict[str, torch.Tensor] | None = None) -> None:
+    """state: the weights to write instead of model.state_dict() (a trainer's gathered FSDP state,
+    merged LoRA weights); the config, norm stats and tokenizers always come from the model."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     if model.backbone.lm_head.weight is model.backbone.model.language_model.embed_tokens.weight:
-        del state[_TIED_HEAD]
+        state.pop(_TIED_HEAD, None)
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "layout": "ki_vla_ros"})
     model.config.save(directory / CONFIG_FILE)
     if model.norm_stats:
@@ -94,9 +96,9 @@ def load_pretrained(directory, *, config: KIVLAConfig | None = None, device: str
 
         set_precision(model, dtype)
     load_weights(model, shapes, files, layout)
-    model.norm_stats = read_norm_stats(directory)
+    model.norm_stats = load_checkpoint_norm_stats(directory)
     model.data_layout = load_data_layout(directory / NORM_STATS_FILE)
-    model.fast_tokenizer = _load_fast_tokenizer(directory)
+    model.fast_tokenizer = load_checkpoint_fast_tokenizer(directory)
     return model
 
 
@@ -261,7 +263,7 @@ def read_text_tokenizer(directory: Path, config: KIVLAConfig):
     return None  # weights usable for tests; the Predictor reports the missing tokenizer
 
 
-def read_norm_stats(directory: Path):
+def load_checkpoint_norm_stats(directory: Path):
     """norm_stats.json at the top, else openpi's assets/<asset_id>/norm_stats.json, else LeRobot's
     normalizer processor file ("observation.state.q01", "action.q99", ...)."""
     from .normalize import load_norm_stats
@@ -297,7 +299,7 @@ def _lerobot_norm_stats(path: Path):
     return stats
 
 
-def _load_fast_tokenizer(directory: Path):
+def load_checkpoint_fast_tokenizer(directory: Path):
     from .fast import CONFIG_FILE as FAST_CONFIG
     from .fast import FASTTokenizer
 

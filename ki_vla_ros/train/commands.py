@@ -6,7 +6,8 @@
     ki-vla make-sim-dataset --config NAME --episodes N OUT [--image-side PX] [--seed S]
     ki-vla train --data DIR --recipe ki --steps N --batch-size B --out DIR [--init tiny|CKPT] [--resume]
                  [--vlm-data DIR] [--vlm-ratio R] [--lr LR] ...
-    torchrun --nproc_per_node G -m ki_vla_ros.cli train ...        (data-parallel, one process per GPU)
+    torchrun --nproc_per_node G -m ki_vla_ros.cli train --strategy ddp|fsdp ...   (one process per GPU)
+    ki-vla train ... --lora 16 --freeze vision --activation-checkpointing --grad-accum 4
 
 torch is imported only by the subcommand that needs it.
 """
@@ -88,10 +89,29 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--grad-clip-norm", type=float, default=1.0, help="gradient norm clip; 0 = off")
     train.add_argument("--vlm-data", default=None,
                        help="dataset with vlm.jsonl for co-training (default: --data's vlm.jsonl)")
-    train.add_argument("--vlm-ratio", type=float, default=0.0,
-                       help="fraction of each batch from VLM data (default 0)")
+    train.add_argument("--vlm-ratio", type=float, default=None,
+                       help="fraction of each batch from VLM data (default: 0.25 when there is VLM data and "
+                            "the recipe has a cross-entropy term, else 0)")
     train.add_argument("--flow-loss-weight", type=float, default=None,
-                       help="alpha in ce + alpha * flow (default: the model config's)")
+                       help="alpha in ce + alpha * flow (default: the model config's, 1.0; under ki each "
+                            "parameter learns from one term and AdamW ignores a constant loss scale, so alpha "
+                            "only shifts the shared gradient-clipping norm; under joint it weighs the terms)")
+    train.add_argument("--strategy", choices=("auto", "single", "ddp", "fsdp"), default="auto",
+                       help="single process, DDP, or FSDP2 (sharded weights, gradients, AdamW state; needs "
+                            "torchrun); auto = ddp under torchrun with 2+ processes, else single")
+    train.add_argument("--activation-checkpointing", action="store_true",
+                       help="recompute each layer's activations in backward (backbone, vision, expert): "
+                            "less memory, ~1/3 more compute")
+    train.add_argument("--grad-accum", type=int, default=1,
+                       help="micro-batches per step; the step's batch and loss are those of --batch-size")
+    train.add_argument("--lora", type=int, default=0, metavar="RANK",
+                       help="LoRA adapters of this rank on the backbone's projections, rest of the backbone "
+                            "frozen, expert trained in full (saved merged; default 0 = off)")
+    train.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale alpha / rank (default alpha = rank)")
+    train.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                       help="comma-separated projections of each Gemma layer to adapt (default: all seven)")
+    train.add_argument("--freeze", action="append", default=[], choices=("vision",),
+                       help="a part that takes no updates (vision = the SigLIP tower); repeatable")
     train.add_argument("--delta-actions", default=None,
                        help="action dims predicted as offsets from the state: 'joints' (every joint "
                             "position except joints named as grippers), 'none', or comma-separated action "
@@ -202,19 +222,22 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    config = TrainConfig(
-        recipe=args.recipe, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip_norm=args.grad_clip_norm,
-        vlm_ratio=args.vlm_ratio, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-        keep_checkpoints=args.keep_checkpoints, out_dir=args.out, device=args.device, amp=args.amp,
-        flow_loss_weight=args.flow_loss_weight, resume=args.resume, progress=not args.no_progress,
-        delta_actions=args.delta_actions)
     try:
-        run = prepare_run(args.data, config, init=args.init, vlm_data=args.vlm_data)
+        config = TrainConfig(
+            recipe=args.recipe, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip_norm=args.grad_clip_norm,
+            vlm_ratio=args.vlm_ratio, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
+            keep_checkpoints=args.keep_checkpoints, out_dir=args.out, device=args.device, amp=args.amp,
+            flow_loss_weight=args.flow_loss_weight, resume=args.resume, progress=not args.no_progress,
+            strategy=args.strategy, activation_checkpointing=args.activation_checkpointing, grad_accum=args.grad_accum,
+            lora_rank=args.lora, lora_alpha=args.lora_alpha,
+            lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+            freeze=tuple(args.freeze), init=args.init, delta_actions=args.delta_actions)
+        run = prepare_run(args.data, config, vlm_data=args.vlm_data)
+        history = train(run.model, config, run.action_sampler, run.vlm_sampler)
     except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    history = train(run.model, config, run.action_sampler, run.vlm_sampler)
     if run.context.is_main:
         last = history[-1] if history else {}
         print(json.dumps({"checkpoint": str(Path(args.out) / "last"), "step": last.get("step"),

@@ -9,15 +9,29 @@ each from a generator derived from (seed, step, slot), so the union of the shard
 batch one process would build. Gradients are averaged by DDP; the trainer weights each
 rank's losses by its share of the global token/sample counts, so the average equals the
 single-process loss of the global batch (not a mean of per-rank means).
+
+Strategies (TrainConfig.strategy; the trainer's one loop runs all of them):
+    single   one process, the model as it is
+    ddp      every rank holds the whole model; DDP all-reduces (averages) gradients
+    fsdp     FSDP2 (`fully_shard`): each Gemma layer, SigLIP layer and expert layer is one
+             shard group, the root (embeddings, projector, norms, expert in/out) another; a rank
+             holds 1/W of every parameter, gradient and AdamW moment, and gathers a layer's
+             weights only while it runs. On CUDA the gathered weights are bf16 and gradients are
+             reduced in fp32 (MixedPrecisionPolicy); master weights and AdamW state stay fp32.
+             On CPU (gloo) everything is fp32. Gradients are averaged like DDP's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,3 +112,39 @@ def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def resolve_strategy(strategy: str, ctx: DistContext) -> str:
+    """"auto" -> ddp under a multi-process launch, else single; a strategy that does not fit the
+    launch is an error naming both."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy is {strategy!r}; expected one of {list(STRATEGIES)}")
+    if strategy == "auto":
+        return "ddp" if ctx.distributed else "single"
+    if strategy in ("ddp", "fsdp") and not ctx.distributed:
+        raise ValueError(f"--strategy {strategy} needs a distributed launch with 2 or more processes "
+                         f"(torchrun --nproc_per_node N -m ki_vla_ros.cli train ...); this process has "
+                         f"WORLD_SIZE={ctx.world_size}. Use --strategy single for one process")
+    if strategy == "single" and ctx.distributed:
+        raise ValueError(f"--strategy single, but this is rank {ctx.rank} of a {ctx.world_size}-process launch; "
+                         f"expected ddp or fsdp (or launch one process)")
+    return strategy
+
+
+def shard_model(model: nn.Module, device: torch.device) -> None:
+    """FSDP2 in place: fully_shard per transformer layer (backbone, vision tower, expert), then the
+    root; `compute_loss` is registered as a forward so the root's gather/reshard hooks run on it."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if device.type == "cuda" else MixedPrecisionPolicy()
+    layers = [*model.backbone.model.language_model.layers,
+              *model.backbone.model.vision_tower.encoder.layers,
+              *model.action_expert.layers]
+    # A Gemma layer returns its K/V as views (transposes); FSDP2 warns that an in-place op on a view
+    # would skip its backward hook. Nothing edits them in place (the expert concatenates them).
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    for layer in layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    register_fsdp_forward_method(model, "compute_loss")

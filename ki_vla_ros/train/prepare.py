@@ -9,7 +9,11 @@
   the other ranks wait and read); the model carries them so its checkpoints are self-contained.
   A model with delta_action_dims (e.g. the demo checkpoint) gets them fitted on offset chunks.
 - samplers: robot samples from the dataset; VLM samples from --vlm-data (or the dataset's own
-  vlm.jsonl) when vlm_ratio > 0.
+  vlm.jsonl) when vlm_ratio > 0, or when vlm_ratio is None (the default: the KI recipe co-trains
+  whenever there is VLM data; the trainer then uses DEFAULT_VLM_RATIO).
+- LoRA resume: the merged weights in OUT/last cannot give back the frozen base exactly, so the
+  model is rebuilt from the run's init (config.init, saved with the run) and the trainer loads
+  everything else and the adapters from OUT/last.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ki_vla_ros.model.checkpoint import load_checkpoint_fast_tokenizer, load_checkpoint_norm_stats
 from ki_vla_ros.model.config import KIVLAConfig
 from ki_vla_ros.model.network import KIVLA
+from ki_vla_ros.model.text_tokenizer import ByteTokenizer
 from ki_vla_ros.model.normalize import normalize
 from ki_vla_ros.runtime.config import default_delta_action_dims
 from ki_vla_ros.train.batching import ActionChunkSampler, VLMSampler
 from ki_vla_ros.train.dataset import EpisodeDataset, ensure_fast_tokenizer, ensure_norm_stats
 from ki_vla_ros.train.distributed import DistContext, barrier, init_distributed
-from ki_vla_ros.train.trainer import LAST_DIR, TRAINER_STATE_JSON, TrainConfig
+from ki_vla_ros.train.trainer import LAST_DIR, TRAINER_STATE_JSON, TrainConfig, read_trainer_state
 
 _FAST_LENGTH_SAMPLE = 2000  # chunks checked against max_target_len
 
@@ -43,11 +49,16 @@ class TrainingRun:
 
 
 def tiny_config_for(dataset: EpisodeDataset, **overrides) -> KIVLAConfig:
-    """The tiny preset with enough image slots and action dims for this dataset."""
+    """The tiny preset with enough image slots and action dims for this dataset, and a
+    max_target_len that fits its longest VLM answer (+ EOS), so no answer loses its end."""
     slots = max(dataset.camera_slots.values()) + 1
     base = KIVLAConfig.preset("tiny")
-    return KIVLAConfig.preset("tiny", num_cameras=max(base.num_cameras, slots),
-                              action_dim=max(base.action_dim, len(dataset.action_names)), **overrides)
+    byte_tokenizer = ByteTokenizer(base.vocab_size)
+    longest_answer = max((len(byte_tokenizer.encode(row["answer"], add_bos=False)) + 1
+                          for row in dataset.vlm_samples()), default=0)
+    fitted = dict(num_cameras=max(base.num_cameras, slots), action_dim=max(base.action_dim, len(dataset.action_names)),
+                  max_target_len=max(base.max_target_len, longest_answer))
+    return KIVLAConfig.preset("tiny", **{**fitted, **overrides})
 
 
 def build_model(init: str, dataset: EpisodeDataset, seed: int = 0) -> KIVLA:
@@ -83,12 +94,23 @@ def check_fits(model: KIVLA, dataset: EpisodeDataset) -> None:
                          f"action dims; the model has num_cameras={c.num_cameras}, action_dim={c.action_dim}")
 
 
-def prepare_run(data_dir, config: TrainConfig, *, init: str = "tiny", vlm_data=None) -> TrainingRun:
+def prepare_run(data_dir, config: TrainConfig, *, init: str | None = None, vlm_data=None) -> TrainingRun:
+    """init: "tiny" or a checkpoint directory; None = config.init (a given init is recorded there)."""
+    if init is not None:
+        config.init = init
     ctx = init_distributed(config.device)
     dataset = EpisodeDataset.open(data_dir)
     last = Path(config.out_dir or "") / LAST_DIR
     resumed = config.resume and config.out_dir is not None and (last / TRAINER_STATE_JSON).is_file()
-    model = KIVLA.from_pretrained(last) if resumed else build_model(init, dataset, config.seed)
+    if resumed and read_trainer_state(last)["train_config"].get("lora_rank"):
+        saved = read_trainer_state(last)["train_config"]
+        if saved["init"] != "tiny" and not Path(saved["init"]).is_dir():
+            raise FileNotFoundError(f"resume: the LoRA run in {config.out_dir} started from --init {saved['init']!r}, "
+                                    f"which is gone; its frozen base weights are needed to resume exactly")
+        model = build_model(saved["init"], dataset, saved["seed"])
+        model.norm_stats, model.fast_tokenizer = load_checkpoint_norm_stats(last), load_checkpoint_fast_tokenizer(last)
+    else:
+        model = KIVLA.from_pretrained(last) if resumed else build_model(config.init, dataset, config.seed)
     check_fits(model, dataset)
     if config.delta_actions is not None:
         dims = delta_action_dims(config.delta_actions, dataset)
@@ -114,13 +136,15 @@ def prepare_run(data_dir, config: TrainConfig, *, init: str = "tiny", vlm_data=N
                                                      model.norm_stats)
         _check_fast_lengths(model, dataset)
 
+    vlm_dataset = EpisodeDataset.open(vlm_data) if vlm_data else dataset
+    co_train = config.vlm_ratio > 0.0 if config.vlm_ratio is not None else \
+        config.recipe != "pi0" and bool(vlm_dataset.vlm_samples())
     action_sampler = None
-    if config.vlm_ratio < 1.0:
+    if config.vlm_ratio is None or config.vlm_ratio < 1.0:
         action_sampler = ActionChunkSampler(dataset, c, model.text_tokenizer, model.fast_tokenizer,
                                             model.norm_stats, c.action_horizon, seed=config.seed)
     vlm_sampler = None
-    if config.vlm_ratio > 0.0:
-        vlm_dataset = EpisodeDataset.open(vlm_data) if vlm_data else dataset
+    if co_train:
         vlm_sampler = VLMSampler.from_dataset(vlm_dataset, c, model.text_tokenizer)
     return TrainingRun(model, dataset, action_sampler, vlm_sampler, ctx)
 

@@ -9,13 +9,26 @@ One step, as in the paper (the recipe's loss terms live in KIVLA.compute_loss):
     total      = ce + alpha * flow  (ki, joint)  |  flow  (pi0)  |  ce  (fast)
     update     = AdamW(lr = warm-up then cosine to 10%), gradients clipped to grad_clip_norm
 
+Strategies plug into this one loop (distributed.py): single, ddp, fsdp (FSDP2). Each rank's
+shard of the batch is split into grad_accum micro-batches; every micro-batch's losses are
+weighted by its share of the global batch's CE tokens / flow samples, so the summed gradient
+equals that of one large batch whatever the ranks and micro-batches. Options that change which
+parameters train or what is stored: activation checkpointing (KIVLA.set_activation_checkpointing),
+LoRA adapters and --freeze vision (lora.py).
+
 Checkpoints (out_dir/checkpoint_<step>/ and out_dir/last/) are model directories that
 `KIVLA.from_pretrained` / `Predictor.from_pretrained` / the policy node load as they are, plus
 
-    trainer_state.safetensors   optimizer tensors "optimizer.<param index>.<name>", RNG states
-                                "rng.torch" (torch.get_rng_state(), uint8), "rng.cuda.<i>"
+    trainer_state.safetensors   optimizer tensors "optimizer.<parameter name>.<name>", RNG states
+                                "rng.torch" (torch.get_rng_state(), uint8), "rng.cuda.<i>", and
+                                with LoRA the unmerged adapters "lora.<parameter name>"
     trainer_state.json          step, the TrainConfig, optimizer param groups, numpy and python
                                 RNG states as JSON (no pickle anywhere)
+
+Under every strategy the files are consolidated (full tensors, written by rank 0), so one
+process can load them and a run can resume under another strategy or world size. With LoRA,
+model.safetensors holds the merged weights (W + scale * B A), what inference loads; resuming
+rebuilds the frozen base from the run's init (TrainConfig.init) and loads the adapters.
 
 Resuming from out_dir/last continues bit-exactly: same batches (they depend only on seed, step
 and slot), same torch RNG stream (reseeded per step from (seed, step, rank)), same optimizer
@@ -49,7 +62,10 @@ from ki_vla_ros.model.config import RECIPES
 from ki_vla_ros.model.network import KIVLA, TrainingBatch
 from ki_vla_ros.train.batching import collate
 from ki_vla_ros.train.distributed import (
-    DistContext, all_reduce_sum, barrier, broadcast_flag, init_distributed, shard_slots)
+    STRATEGIES, DistContext, all_reduce_sum, barrier, broadcast_flag, init_distributed, resolve_strategy,
+    shard_model, shard_slots)
+from ki_vla_ros.train.lora import (
+    FREEZABLE, LORA_TARGETS, adapted_weight_keys, apply_lora, freeze, is_adapter_key, merged_state_dict)
 from ki_vla_ros.train.schedule import learning_rate
 
 TRAINER_STATE_TENSORS = "trainer_state.safetensors"
@@ -57,8 +73,11 @@ TRAINER_STATE_JSON = "trainer_state.json"
 METRICS_FILE = "metrics.csv"
 LAST_DIR = "last"
 METRIC_COLUMNS = ("step", "lr", "total", "ce", "flow", "grad_norm", "seconds", "steps_per_s")
-_STATE_FORMAT = "ki_vla_trainer_state/1"
+_STATE_FORMAT = "ki_vla_trainer_state/2"
 _TIED_HEAD = "backbone.lm_head.weight"
+# Share of VLM samples when vlm_ratio is None and VLM data exists (recipes with a CE term): the
+# KI recipe's point is that the backbone keeps learning language while the expert learns actions.
+DEFAULT_VLM_RATIO = 0.25
 
 
 @dataclasses.dataclass
@@ -72,7 +91,9 @@ class TrainConfig:
     warmup_steps: int = 100
     final_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
     grad_clip_norm: float = 1.0  # <= 0: no clipping (the norm is still logged)
-    vlm_ratio: float = 0.0  # fraction of each batch drawn from VLM co-training data
+    # Fraction of each batch drawn from VLM co-training data; None = DEFAULT_VLM_RATIO when there is
+    # VLM data and the recipe has a CE term (ki, joint, fast), else 0.
+    vlm_ratio: float | None = None
     seed: int = 0
     log_every: int = 10
     save_every: int = 0  # checkpoint every N steps; 0 = only at the end (and on stop / Ctrl-C)
@@ -80,7 +101,10 @@ class TrainConfig:
     out_dir: str | None = None  # None: no files (metrics are still returned)
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK when there is a GPU), "cpu", "cuda", "cuda:1"
     amp: str = "auto"  # "auto" (bf16 autocast on cuda, off on cpu), "bf16", "off"
-    flow_loss_weight: float | None = None  # alpha; None = the model config's flow_loss_weight
+    # alpha in ce + alpha * flow; None = the model config's (1.0). Under ki each parameter gets gradient
+    # from one term only and AdamW is invariant to a constant loss scale, so alpha then changes only
+    # how the two terms share the clipping norm; under joint it weighs the terms on the backbone.
+    flow_loss_weight: float | None = None
     # action dims predicted as offsets from the state (KIVLAConfig.delta_action_dims): None = the
     # init model's; "none"; "joints" (runtime.config.default_delta_action_dims: grippers stay
     # absolute); or comma-separated action names
@@ -88,19 +112,28 @@ class TrainConfig:
     resume: bool = False  # continue from out_dir/last when it exists
     progress: bool = True  # tqdm progress bar (rank 0)
     prefetch: bool = True  # build the next batch in a background thread while this one trains
+    strategy: str = "auto"  # "single" | "ddp" | "fsdp"; auto = ddp under a multi-process launch, else single
+    activation_checkpointing: bool = False  # recompute each layer's activations in backward
+    grad_accum: int = 1  # micro-batches per rank and step (the batch a step trains on is unchanged)
+    lora_rank: int = 0  # > 0: LoRA adapters of this rank on the backbone; the rest of it frozen
+    lora_alpha: float | None = None  # adapter scale alpha / rank; None = rank (scale 1)
+    lora_targets: tuple[str, ...] = LORA_TARGETS  # projections of each Gemma layer that get adapters
+    freeze: tuple[str, ...] = ()  # parts that take no updates: "vision"
+    init: str = "tiny"  # the weights the run started from ("tiny" or a directory); LoRA resume rebuilds its base from it
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        self.lora_targets, self.freeze = tuple(self.lora_targets), tuple(self.freeze)
         problems = []
         if self.recipe not in RECIPES:
             problems.append(f"recipe is {self.recipe!r}; expected one of {list(RECIPES)}")
-        for name in ("steps", "batch_size", "log_every"):
+        for name in ("steps", "batch_size", "log_every", "grad_accum"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 problems.append(f"{name} is {getattr(self, name)!r}; expected a positive integer")
-        for name in ("warmup_steps", "save_every", "keep_checkpoints"):
+        for name in ("warmup_steps", "save_every", "keep_checkpoints", "lora_rank"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 problems.append(f"{name} is {getattr(self, name)!r}; expected an integer >= 0")
-        if not 0.0 <= self.vlm_ratio <= 1.0:
+        if self.vlm_ratio is not None and not 0.0 <= self.vlm_ratio <= 1.0:
             problems.append(f"vlm_ratio is {self.vlm_ratio}; expected a fraction in [0, 1]")
         if not self.lr > 0 or self.weight_decay < 0:
             problems.append(f"lr is {self.lr} and weight_decay {self.weight_decay}; expected lr > 0, decay >= 0")
@@ -110,13 +143,41 @@ class TrainConfig:
             problems.append(f"amp is {self.amp!r}; expected 'auto', 'bf16' or 'off'")
         if self.flow_loss_weight is not None and self.flow_loss_weight < 0:
             problems.append(f"flow_loss_weight is {self.flow_loss_weight}; expected >= 0 or None")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy is {self.strategy!r}; expected one of {list(STRATEGIES)}")
+        if set(self.freeze) - set(FREEZABLE):
+            problems.append(f"freeze is {list(self.freeze)}; expected parts from {list(FREEZABLE)}")
+        if self.lora_rank:
+            if self.recipe == "pi0":
+                problems.append("lora_rank is set with recipe 'pi0'; LoRA adapters learn from the backbone's "
+                                "cross-entropy, which pi0 does not compute (its flow loss would train the "
+                                "adapters instead): expected recipe ki, joint or fast")
+            if not self.lora_targets or set(self.lora_targets) - set(LORA_TARGETS):
+                problems.append(f"lora_targets is {list(self.lora_targets)}; expected a non-empty subset of "
+                                f"{list(LORA_TARGETS)}")
+            if self.lora_alpha is not None and not self.lora_alpha > 0:
+                problems.append(f"lora_alpha is {self.lora_alpha}; expected > 0")
         if problems:
             raise ValueError("TrainConfig: " + "; ".join(problems))
+
+    @property
+    def lora_scale(self) -> float:
+        return (self.lora_alpha if self.lora_alpha is not None else self.lora_rank) / self.lora_rank
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        d["lora_targets"], d["freeze"] = list(self.lora_targets), list(self.freeze)
         return d
+
+
+def resolve_vlm_ratio(config: TrainConfig, has_vlm_data: bool) -> TrainConfig:
+    """config with vlm_ratio set: None -> DEFAULT_VLM_RATIO when there is VLM data and the recipe has
+    a CE term, else 0."""
+    if config.vlm_ratio is not None:
+        return config
+    ratio = DEFAULT_VLM_RATIO if has_vlm_data and config.recipe != "pi0" else 0.0
+    return dataclasses.replace(config, vlm_ratio=ratio)
 
 
 def is_vlm_slot(slot: int, vlm_ratio: float) -> bool:
@@ -131,10 +192,15 @@ def slot_generator(seed: int, step: int, slot: int) -> np.random.Generator:
 
 
 class BatchBuilder:
-    """Builds this rank's shard of the batch of any step; a pure function of (seed, step, slot)."""
+    """Builds this rank's shard of the batch of any step as grad_accum micro-batches (consecutive
+    slots); a pure function of (seed, step, slot)."""
 
     def __init__(self, config: TrainConfig, slots: range, action_sampler, vlm_sampler):
-        self.seed, self.slots = config.seed, slots
+        if len(slots) % config.grad_accum:
+            raise ValueError(f"grad_accum is {config.grad_accum} but each rank holds {len(slots)} samples of the "
+                             f"batch of {config.batch_size}; expected batch_size / world size to be a multiple "
+                             f"of grad_accum")
+        self.seed, self.slots, self.micro = config.seed, slots, len(slots) // config.grad_accum
         self.vlm = [is_vlm_slot(k, config.vlm_ratio) for k in slots]
         n_vlm_global = sum(is_vlm_slot(k, config.vlm_ratio) for k in range(config.batch_size))
         if n_vlm_global and vlm_sampler is None:
@@ -149,15 +215,15 @@ class BatchBuilder:
         self.action_sampler, self.vlm_sampler = action_sampler, vlm_sampler
         self.pad_id = (action_sampler or vlm_sampler).pad_id
 
-    def __call__(self, step: int) -> TrainingBatch:
+    def __call__(self, step: int) -> list[TrainingBatch]:
         examples = []
         for slot, vlm in zip(self.slots, self.vlm):
             sampler = self.vlm_sampler if vlm else self.action_sampler
             examples.append(sampler.example(slot_generator(self.seed, step, slot)))
-        return collate(examples, self.pad_id)
+        return [collate(examples[i: i + self.micro], self.pad_id) for i in range(0, len(examples), self.micro)]
 
 
-class _RecipeLoss(nn.Module):
+class RecipeLoss(nn.Module):
     """model.compute_loss(batch, recipe) as a forward(), so DDP can see the backward coming."""
 
     def __init__(self, model: KIVLA, recipe: str):
@@ -183,6 +249,11 @@ def _counts(batch: TrainingBatch) -> torch.Tensor:
     return torch.stack([ce_tokens, batch.has_actions.sum()]).double()
 
 
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the parameters the optimizer holds, in its order (tied weights once)."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     fused = bool(params) and params[0].is_cuda
@@ -203,16 +274,27 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 # ----------------------------------------------------------------------------- train
+def prepare_parameters(model: KIVLA, config: TrainConfig) -> None:
+    """What trains and how activations are kept: --freeze, LoRA adapters, activation checkpointing."""
+    if config.lora_rank:
+        apply_lora(model, config.lora_rank, config.lora_rank * config.lora_scale, config.lora_targets, config.seed)
+    freeze(model, config.freeze)
+    model.set_activation_checkpointing(config.activation_checkpointing)
+
+
 def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=None, *,
           callback: Callable[[int, dict, KIVLA], Any] | None = None) -> list[dict]:
     """Train `model` in place; returns the metrics of every logged step of this call.
 
     action_sampler / vlm_sampler: objects with `example(rng) -> Example` and `pad_id`
     (batching.ActionChunkSampler / VLMSampler). callback(step, metrics, model) runs on rank 0
-    after every logged step with the model in eval mode; returning True stops training (a
-    checkpoint is written first). Ctrl-C also writes out_dir/last before it propagates.
+    after every logged step with the model in eval mode (sharded under fsdp); returning True
+    stops training (a checkpoint is written first). Ctrl-C also writes out_dir/last before it
+    propagates. With LoRA the model keeps its adapters after training (saved files are merged).
     """
     ctx = init_distributed(config.device)
+    strategy = resolve_strategy(config.strategy, ctx)
+    config = resolve_vlm_ratio(config, vlm_sampler is not None)
     alpha = model.config.flow_loss_weight if config.flow_loss_weight is None else config.flow_loss_weight
     if config.recipe == "pi0" and config.vlm_ratio > 0:
         warnings.warn("recipe 'pi0' trains on the flow loss only; its VLM samples add no gradient", stacklevel=2)
@@ -220,21 +302,30 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
     builder = BatchBuilder(config, shard_slots(config.batch_size, ctx), action_sampler, vlm_sampler)
 
     model.to(ctx.device)
-    model.train()
-    optimizer = make_optimizer(model, config)
-    start_step = 0
+    prepare_parameters(model, config)
+    start_step, resume_from = 0, None
     if config.resume:
         if out_dir is None:
             raise ValueError("resume is set but out_dir is None; expected the directory of the run to continue")
         if (out_dir / LAST_DIR / TRAINER_STATE_JSON).is_file():
-            start_step = load_trainer_state(out_dir / LAST_DIR, model, optimizer, config)
+            resume_from = out_dir / LAST_DIR
+            start_step = load_model_state(resume_from, model, config)
         elif ctx.is_main:
             warnings.warn(f"resume: {out_dir / LAST_DIR} has no trainer state; starting from step 0", stacklevel=2)
-    runner: nn.Module = _RecipeLoss(model, config.recipe)
-    if ctx.distributed:
+    if strategy == "fsdp":
+        shard_model(model, ctx.device)
+    model.train()
+    optimizer = make_optimizer(model, config)
+    if resume_from is not None:
+        load_optimizer_state(resume_from, model, optimizer, sharded=strategy == "fsdp")
+    runner: nn.Module = RecipeLoss(model, config.recipe)
+    if strategy == "ddp":
         # pi0 never runs the backbone's head and final norm, fast never runs the expert.
         runner = nn.parallel.DistributedDataParallel(
             runner, device_ids=None, find_unused_parameters=config.recipe in ("pi0", "fast"))
+
+    def save(step: int, numbered: bool = True) -> None:
+        save_checkpoint(out_dir, model, optimizer, step, config, ctx, numbered=numbered, sharded=strategy == "fsdp")
 
     log = MetricsLog(out_dir / METRICS_FILE, start_step) if (out_dir and ctx.is_main) else None
     bar = tqdm(total=config.steps, initial=start_step, disable=not (config.progress and ctx.is_main),
@@ -247,7 +338,7 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
     step = start_step
     try:
         while step < config.steps:
-            batch = pending.result() if pending else builder(step)
+            micro_batches = pending.result() if pending else builder(step)
             pending = pool.submit(builder, step + 1) if pool and step + 1 < config.steps else None
             lr = learning_rate(step, peak_lr=config.lr, warmup_steps=config.warmup_steps,
                                total_steps=config.steps, final_ratio=config.final_lr_ratio)
@@ -255,19 +346,25 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
                 group["lr"] = lr
             torch.manual_seed(_step_seed(config.seed, step, ctx.rank))
 
-            local = _counts(batch)
-            share = local / all_reduce_sum(local, ctx).clamp(min=1.0)  # this shard's part of each mean
-            with _amp_context(config, ctx.device):
-                losses = runner(batch.to(ctx.device))
-            ce, flow = losses["ce"].float() * share[0].item(), losses["flow"].float() * share[1].item()
-            loss = combine(config.recipe, ce, flow, alpha) * ctx.world_size  # DDP averages over ranks
+            counts = [_counts(mb) for mb in micro_batches]
+            global_counts = all_reduce_sum(torch.stack(counts).sum(0), ctx).clamp(min=1.0)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            ce_sum = flow_sum = 0.0
+            for i, (mb, count) in enumerate(zip(micro_batches, counts)):
+                share = count / global_counts  # this micro-batch's part of each mean over the global batch
+                with _gradient_sync(runner, model, strategy, i == len(micro_batches) - 1), \
+                        _amp_context(config, ctx.device):
+                    losses = runner(mb.to(ctx.device))
+                    ce, flow = losses["ce"].float() * share[0].item(), losses["flow"].float() * share[1].item()
+                    loss = combine(config.recipe, ce, flow, alpha) * ctx.world_size  # DDP/FSDP average over ranks
+                    loss.backward()
+                ce_sum, flow_sum = ce_sum + ce.item(), flow_sum + flow.item()
             clip = config.grad_clip_norm if config.grad_clip_norm > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # fsdp: DTensor
             optimizer.step()
             step += 1
-            sums += torch.tensor([ce.item(), flow.item(), 0.0], dtype=torch.float64)
+            sums += torch.tensor([ce_sum, flow_sum, 0.0], dtype=torch.float64)
             sums[2] += grad_norm.item() / ctx.world_size  # identical on every rank after the all-reduce
             n_summed += 1
             bar.update(1)
@@ -292,12 +389,12 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
                         model.train()
                 stop = broadcast_flag(stop, ctx)
             if out_dir and (stop or step == config.steps or (config.save_every and step % config.save_every == 0)):
-                save_checkpoint(out_dir, model, optimizer, step, config, ctx)
+                save(step)
             if stop:
                 break
     except KeyboardInterrupt:
         if out_dir and step > start_step:
-            save_checkpoint(out_dir, model, optimizer, step, config, ctx, numbered=False)
+            save(step, numbered=False)
         raise
     finally:
         bar.close()
@@ -307,6 +404,16 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
             log.close()
     model.eval()
     return history
+
+
+def _gradient_sync(runner: nn.Module, model: nn.Module, strategy: str, last_micro_batch: bool):
+    """Reduce gradients over ranks only after the last micro-batch of a step (DDP no_sync,
+    FSDP2 set_requires_gradient_sync); earlier micro-batches accumulate locally."""
+    if strategy == "ddp" and not last_micro_batch:
+        return runner.no_sync()
+    if strategy == "fsdp":
+        model.set_requires_gradient_sync(last_micro_batch)
+    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- metrics file
@@ -335,12 +442,15 @@ class MetricsLog:
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(out_dir: Path, model: KIVLA, optimizer: torch.optim.Optimizer, step: int,
-                    config: TrainConfig, ctx: DistContext | None = None, numbered: bool = True) -> Path:
-    """Write out_dir/checkpoint_<step>/ (when numbered) and out_dir/last/; rank 0 writes, all wait."""
+                    config: TrainConfig, ctx: DistContext | None = None, numbered: bool = True,
+                    sharded: bool = False) -> Path:
+    """Write out_dir/checkpoint_<step>/ (when numbered) and out_dir/last/; every rank gathers
+    (under fsdp), rank 0 writes, all wait."""
     ctx = ctx or DistContext()
+    weights, opt = gather_training_state(model, optimizer, sharded)
     target = out_dir / (f"checkpoint_{step:06d}" if numbered else LAST_DIR)
     if ctx.is_main:
-        _write_dir_atomically(target, lambda d: _write_checkpoint(d, model, optimizer, step, config))
+        _write_dir_atomically(target, lambda d: _write_checkpoint(d, model, weights, opt, step, config))
         if numbered:
             _write_dir_atomically(out_dir / LAST_DIR, lambda d: _link_tree(target, d))
             if config.keep_checkpoints:
@@ -349,6 +459,31 @@ def save_checkpoint(out_dir: Path, model: KIVLA, optimizer: torch.optim.Optimize
                     shutil.rmtree(path, ignore_errors=True)
     barrier(ctx)
     return target
+
+
+def gather_training_state(model: KIVLA, optimizer: torch.optim.Optimizer, sharded: bool) -> tuple[dict, dict]:
+    """-> (full model state dict, optimizer state {"state": {param name: {...}}, "param_groups": [...
+    "params": [param names]]}), full tensors on CPU. Under fsdp a collective (all ranks call it;
+    rank 0 receives the tensors)."""
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return full_model_state(model, sharded), get_optimizer_state_dict(model, optimizer, options=options)
+    names = trainable_names(model)
+    opt = optimizer.state_dict()
+    state = {names[index]: values for index, values in opt["state"].items()}
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in opt["param_groups"]]
+    return model.state_dict(), {"state": state, "param_groups": groups}
+
+
+def full_model_state(model: KIVLA, sharded: bool) -> dict[str, torch.Tensor]:
+    """The whole model's state dict; under fsdp gathered from the shards (a collective), on rank 0."""
+    if not sharded:
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _write_dir_atomically(directory: Path, write: Callable[[Path], None]) -> None:
@@ -373,20 +508,22 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(path, dst / path.name)
 
 
-def _write_checkpoint(directory: Path, model: KIVLA, optimizer: torch.optim.Optimizer, step: int,
+def _write_checkpoint(directory: Path, model: KIVLA, weights: dict[str, torch.Tensor], opt: dict, step: int,
                       config: TrainConfig) -> None:
-    model.save_pretrained(directory)
-    opt = optimizer.state_dict()
     tensors = {"rng.torch": torch.get_rng_state()}
+    if config.lora_rank:
+        tensors.update({f"lora.{k}": v.detach().contiguous().cpu() for k, v in weights.items() if is_adapter_key(k)})
+        weights = merged_state_dict(weights, config.lora_scale)
+    model.save_pretrained(directory, state=weights)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     scalars: dict[str, dict] = {}
-    for index, state in opt["state"].items():
-        for name, value in state.items():
+    for name, state in opt["state"].items():
+        for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{name}"] = value.detach().contiguous().cpu()
+                tensors[f"optimizer.{name}.{key}"] = value.detach().contiguous().cpu()
             else:
-                scalars.setdefault(str(index), {})[name] = value
+                scalars.setdefault(name, {})[key] = value
     save_file(tensors, str(directory / TRAINER_STATE_TENSORS), metadata={"format": _STATE_FORMAT})
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
     np_state = np.random.get_state(legacy=False)
@@ -402,47 +539,61 @@ def _write_checkpoint(directory: Path, model: KIVLA, optimizer: torch.optim.Opti
     (directory / TRAINER_STATE_JSON).write_text(json.dumps(state) + "\n")
 
 
-def load_trainer_state(directory: Path, model: KIVLA, optimizer: torch.optim.Optimizer,
-                       config: TrainConfig) -> int:
-    """Restore weights, optimizer state and RNG states from a checkpoint; returns its step."""
-    json_path, tensor_path = directory / TRAINER_STATE_JSON, directory / TRAINER_STATE_TENSORS
+def read_trainer_state(directory: Path) -> dict:
+    """trainer_state.json of a checkpoint directory, format-checked."""
+    json_path = directory / TRAINER_STATE_JSON
     try:
         state = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"trainer state {json_path} cannot be read: {e}") from e
     if state.get("format") != _STATE_FORMAT:
         raise ValueError(f"trainer state {json_path} has format {state.get('format')!r}; expected {_STATE_FORMAT!r}")
-    saved = state["train_config"]
+    return state
+
+
+def check_resumable(directory: Path, saved: dict, config: TrainConfig) -> None:
+    """Settings a resumed run must share with the saved one (else a clear error); others warn."""
     if saved["recipe"] != config.recipe:
         raise ValueError(f"resume: {directory} was trained with recipe {saved['recipe']!r}; this run asks for "
                          f"{config.recipe!r} (use a new --out directory to change recipes)")
-    changed = {k: (saved[k], v) for k, v in config.to_dict().items()
-               if k in ("steps", "batch_size", "lr", "seed", "vlm_ratio", "warmup_steps") and saved.get(k) != v}
+    lora_saved = (saved.get("lora_rank", 0), sorted(saved.get("lora_targets", LORA_TARGETS)))
+    lora_now = (config.lora_rank, sorted(config.lora_targets))
+    if lora_saved[0] != lora_now[0] or (lora_now[0] and lora_saved[1] != lora_now[1]):
+        def says(rank, targets):
+            return f"--lora {rank} --lora-targets {','.join(targets)}" if rank else "no --lora"
+
+        raise ValueError(f"resume: {directory} was trained with {says(*lora_saved)}; this run asks for "
+                         f"{says(*lora_now)}. Expected the same LoRA rank and targets (the saved adapters and "
+                         f"optimizer state have their shapes); use a new --out directory to change them")
+    changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
+               if k in ("steps", "batch_size", "lr", "seed", "vlm_ratio", "warmup_steps", "lora_alpha", "freeze")
+               and saved.get(k) != v}
     if changed:
         warnings.warn(f"resume: settings differ from the saved run {changed} (saved, now); the continuation "
-                      f"will not match an uninterrupted run", stacklevel=3)
+                      f"will not match an uninterrupted run", stacklevel=4)
+
+
+def load_model_state(directory: Path, model: KIVLA, config: TrainConfig) -> int:
+    """Restore weights (with LoRA: the adapters; their frozen base is the model's own, rebuilt from
+    the run's init) and RNG states from a checkpoint, before any sharding; returns its step."""
+    state = read_trainer_state(directory)
+    check_resumable(directory, state["train_config"], config)
     try:
-        tensors = load_file(str(tensor_path))
+        tensors = load_file(str(directory / TRAINER_STATE_TENSORS))
         weights = load_file(str(directory / "model.safetensors"))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"checkpoint {directory} cannot be read (corrupt or truncated?): {e}") from e
-
+    allowed_missing = {_TIED_HEAD}
+    if config.lora_rank:
+        merged = adapted_weight_keys(weights, config.lora_targets)  # W + BA: the base stays the model's
+        weights = {k: v for k, v in weights.items() if k not in merged}
+        weights.update({k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
+        allowed_missing |= merged
     result = model.load_state_dict(weights, strict=False)
-    missing = [k for k in result.missing_keys if k != _TIED_HEAD]
+    missing = [k for k in result.missing_keys if k not in allowed_missing]
     if missing or result.unexpected_keys:
         raise ValueError(f"checkpoint {directory} does not fit the model: missing {missing[:10]}, "
                          f"unexpected {result.unexpected_keys[:10]}")
-    opt_state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            opt_state.setdefault(int(index), {})[name] = value
-    for index, values in state["optimizer"]["scalar_state"].items():
-        opt_state.setdefault(int(index), {}).update(values)
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()}
-              for g in state["optimizer"]["param_groups"]]
-    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available():
@@ -452,3 +603,33 @@ def load_trainer_state(directory: Path, model: KIVLA, optimizer: torch.optim.Opt
                          rng["numpy"]["pos"], rng["numpy"]["has_gauss"], rng["numpy"]["gauss"]))
     random.setstate((rng["python"]["version"], tuple(rng["python"]["internal"]), rng["python"]["gauss_next"]))
     return int(state["step"])
+
+
+def load_optimizer_state(directory: Path, model: KIVLA, optimizer: torch.optim.Optimizer, sharded: bool) -> None:
+    """Restore AdamW's moments and step counts (saved by parameter name) into this run's optimizer;
+    under fsdp each rank keeps its shard of them."""
+    state = read_trainer_state(directory)
+    tensors = load_file(str(directory / TRAINER_STATE_TENSORS))
+    by_name: dict[str, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            name, field = key[len("optimizer."):].rsplit(".", 1)
+            by_name.setdefault(name, {})[field] = value
+    for name, values in state["optimizer"]["scalar_state"].items():
+        by_name.setdefault(name, {}).update(values)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in state["optimizer"]["param_groups"]]
+    names = trainable_names(model)
+    saved_names = [n for g in groups for n in g["params"]]
+    if sorted(saved_names) != sorted(names):
+        raise ValueError(f"resume: the optimizer state in {directory} is for {len(saved_names)} parameters that do "
+                         f"not match this run's {len(names)} trainable ones (first differences: "
+                         f"{sorted(set(saved_names) ^ set(names))[:5]}); expected the same --lora/--freeze settings")
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, {"state": by_name, "param_groups": groups},
+                                 options=StateDictOptions(full_state_dict=True))
+        return
+    index = {name: i for i, name in enumerate(names)}
+    optimizer.load_state_dict({"state": {index[n]: v for n, v in by_name.items()},
+                               "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]})

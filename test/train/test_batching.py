@@ -102,7 +102,7 @@ def test_an_answer_longer_than_the_target_budget_keeps_its_beginning_without_eos
     run = _run(sim_dataset_dir, vlm_ratio=0.0)
     c, tok = run.model.config, run.model.text_tokenizer
     long_answer = "from left to right: " + ", ".join(["red block"] * 10)
-    with pytest.warns(UserWarning, match="1 of 2 VLM answers are longer than max_target_len=48"):
+    with pytest.warns(UserWarning, match=f"1 of 2 VLM answers are longer than max_target_len={c.max_target_len}"):
         sampler = VLMSampler([(np.zeros((8, 8, 3), np.uint8), "describe the scene", long_answer),
                               (np.zeros((8, 8, 3), np.uint8), "how many?", "two")], c, tok)
     targets = {tok.decode(sampler.example(np.random.default_rng(s)).target) for s in range(8)}

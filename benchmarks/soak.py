@@ -72,6 +72,7 @@ class Observer:
         from trajectory_msgs.msg import JointTrajectory
 
         from ki_vla_ros.msg import ActionChunk, Subtask
+        from ki_vla_ros.ros.dds import LATCHED_QOS
         from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUBTASK_TOPIC, TASK_TOPIC
 
         self.node = node
@@ -89,8 +90,8 @@ class Observer:
         node.create_subscription(ActionChunk, ACTION_CHUNK_TOPIC, self._on_chunk, 10)
         node.create_subscription(Subtask, SUBTASK_TOPIC, self._on_subtask, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self.instruction = node.create_publisher(String, INSTRUCTION_TOPIC, 10)
-        self.task = node.create_publisher(String, TASK_TOPIC, 10)
+        self.instruction = node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
+        self.task = node.create_publisher(String, TASK_TOPIC, LATCHED_QOS)
         self.fault = node.create_publisher(String, "/sim_robot/inject_fault", 10)
         self.switch = {m: node.create_client(Trigger, f"/command_mux/{m}") for m in ("teleop", "policy")}
 

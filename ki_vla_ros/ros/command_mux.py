@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import sys
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros.dds import LATCHED_QOS
 from ki_vla_ros.runtime.chunking import chunk_period_warning
 from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TwistCommand
 from ki_vla_ros.runtime.config import load_robot_config
@@ -63,8 +64,7 @@ class CommandMuxNode(Node):
                             s, TwistCommand(g, self.now_s(), msg.linear.x, msg.linear.y, msg.angular.z)), 10)
         self.create_subscription(JointState, self.config.joint_states_topic, self._on_joint_state,
                                  qos_profile_sensor_data)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.mode_pub = self.create_publisher(String, MODE_TOPIC, latched)
+        self.mode_pub = self.create_publisher(String, MODE_TOPIC, LATCHED_QOS)
         for mode in MuxMode:
             self.create_service(Trigger, f"~/{mode.value}",
                                 lambda request, response, m=mode: self._on_switch(m, response))
@@ -140,7 +140,7 @@ class CommandMuxNode(Node):
                   **{k: getattr(status.counters, k) for k in status.counters.__dataclass_fields__},
                   "holding_s": f"{max((g.holding_s for g in status.groups), default=0.0):.2f}",
                   **{f"holding_s.{g.group}": f"{g.holding_s:.2f}" for g in status.groups}}
-        diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        diag.values = conv.key_values(values)
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [diag]

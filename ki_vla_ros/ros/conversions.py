@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import KeyValue
 from geometry_msgs.msg import Twist
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -116,3 +118,22 @@ def action_chunk_from_msg(msg: ActionChunkMsg) -> ActionChunk:
         step_duration_s=duration_to_s(msg.step_duration), action_names=tuple(msg.action_names),
         actions=actions.reshape(msg.horizon, msg.dim),
         inference_latency_s=duration_to_s(msg.inference_latency), instruction=msg.instruction)
+
+
+def key_values(values: Mapping[str, str | int | float | bool]) -> list[KeyValue]:
+    """Diagnostic values as plain strings, as a monitor or `ros2 topic echo` reader expects them:
+    strings as they are, ints in decimal, floats as %.6g, bools as true/false. Anything else (a
+    dict, a list, None, an exception) has no plain form: a TypeError naming the key."""
+    out = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, np.integer, str)):
+            text = str(value)
+        elif isinstance(value, (float, np.floating)):
+            text = format(float(value), ".6g")
+        else:
+            raise TypeError(f"diagnostic value {key!r} is a {type(value).__name__} ({value!r}); "
+                            "expected a string, int, float or bool")
+        out.append(KeyValue(key=key, value=text))
+    return out

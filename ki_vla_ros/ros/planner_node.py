@@ -1,7 +1,7 @@
 """planner_node: high-level task + cameras -> the low-level subtask the policy follows.
 
 At `rate_hz` it greedily decodes a subtask from the newest camera images and the task on
-/ki_vla/task (std_msgs/String) with the same backbone the policy uses (a separate call to
+/ki_vla/task (std_msgs/String, latched: transient local) with the same backbone the policy uses (a separate call to
 the same model), passes it through hysteresis (runtime.subtask_filter) so the prompt does
 not flicker, and publishes the subtask in force on /ki_vla/subtask (ki_vla_ros/Subtask)
 every cycle; `sequence` increments when the text changes. The policy node uses it as its
@@ -26,6 +26,7 @@ from std_msgs.msg import String
 
 from ki_vla_ros.msg import Subtask
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros.dds import LATCHED_QOS
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
@@ -57,7 +58,7 @@ class PlannerNode(Node):
             self.create_subscription(msg_type, camera.topic,
                                      lambda msg, name=camera.name: self._on_image(name, msg),
                                      qos_profile_sensor_data)
-        self.create_subscription(String, TASK_TOPIC, self._on_task, 10)
+        self.create_subscription(String, TASK_TOPIC, self._on_task, LATCHED_QOS)
         self.subtask_pub = self.create_publisher(Subtask, SUBTASK_TOPIC, 10)
         self.decodes = 0
         # Decoding takes a while; its own callback group keeps it off the image callbacks.

@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import replace
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
@@ -49,6 +49,7 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla_ros.msg import ActionChunk as ActionChunkMsg
 from ki_vla_ros.msg import Subtask
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros.dds import LATCHED_QOS
 from ki_vla_ros.runtime.chunking import Trajectory, chunk_period_warning
 from ki_vla_ros.runtime.commands import joint_trajectory_commands
 from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
@@ -222,7 +223,7 @@ class PolicyNode(LifecycleNode):
                                       qos_profile_sensor_data))
         if ODOM in sync_inputs(c):
             keep(self.create_subscription(Odometry, c.odom_topic, self._on_odom, qos_profile_sensor_data))
-        keep(self.create_subscription(String, INSTRUCTION_TOPIC, lambda m: self._set_prompt(m.data), 10))
+        keep(self.create_subscription(String, INSTRUCTION_TOPIC, lambda m: self._set_prompt(m.data), LATCHED_QOS))
         keep(self.create_subscription(Subtask, SUBTASK_TOPIC, lambda m: self._set_prompt(m.subtask), 10))
         self.chunk_pub = self.create_lifecycle_publisher(ActionChunkMsg, ACTION_CHUNK_TOPIC, 10)
         keep(self.chunk_pub)
@@ -325,7 +326,7 @@ class PolicyNode(LifecycleNode):
             try:
                 self._act_once()
             except Exception as error:  # keep the node alive; never leave motion running blindly
-                self._hold(f"unexpected error: {error!r}")
+                self._hold(f"unexpected error: {type(error).__name__}: {error}")
 
     def _act_once(self) -> None:
         if self.instruction_error:
@@ -453,7 +454,7 @@ class PolicyNode(LifecycleNode):
                 **{f"sync.{result}": count for result, count in sorted(counters.sync_results.items())},
                 **{f"error.{source}": shorten(message, 300) for source, message in sorted(counters.errors.items())},
             })
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        status.values = conv.key_values(values)
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]

@@ -4,7 +4,7 @@ Stands in for ros2_control + cameras + base, from the same robot config as the r
 robot (ki_vla_ros/sim has the simulation): it follows JointTrajectory commands on each
 group's controller_topic like joint_trajectory_controller, a Twist on a base group's
 controller_topic, publishes /joint_states (and /odom for a mobile base) at the control
-rate, and renders the configured cameras (raw rgb8 or JPEG CompressedImage, as the
+rate (reliable, see ros.dds), and renders the configured cameras (raw rgb8 or JPEG CompressedImage, as the
 config says) of a table with colored blocks.
 
 It also reports, for the demo and tests, how far the grippers are from the block named
@@ -28,12 +28,12 @@ from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros.dds import LATCHED_QOS, SENSOR_PUBLISHER_QOS
 from ki_vla_ros.runtime.topics import INSTRUCTION_TOPIC
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.sim.robot import SimRobot
@@ -63,15 +63,15 @@ class SimRobotNode(Node):
                                          lambda msg, g=group.name: self._on_trajectory(g, msg), 10)
             else:
                 self.create_subscription(Twist, group.controller_topic, self._on_twist, 10)
-        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, 10)
+        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED_QOS)
         self.fault = "none"
         self.create_subscription(String, "~/inject_fault", self._on_fault, 10)
-        self.joint_pub = self.create_publisher(JointState, self.config.joint_states_topic, qos_profile_sensor_data)
-        self.odom_pub = (self.create_publisher(Odometry, self.config.odom_topic, qos_profile_sensor_data)
+        self.joint_pub = self.create_publisher(JointState, self.config.joint_states_topic, SENSOR_PUBLISHER_QOS)
+        self.odom_pub = (self.create_publisher(Odometry, self.config.odom_topic, SENSOR_PUBLISHER_QOS)
                          if self.config.odom_topic else None)
         self.camera_pubs = {
             c.name: self.create_publisher(Image if c.message_type == "raw" else CompressedImage, c.topic,
-                                          qos_profile_sensor_data)
+                                          SENSOR_PUBLISHER_QOS)
             for c in self.config.cameras}
         self.status_pub = self.create_publisher(String, "~/status", 10)
         self.create_timer(1.0 / self.config.control_rate_hz, self._publish_state)

@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ki_vla_ros.model.checkpoint import respect_umask
 from ki_vla_ros.model.config import RECIPES
 from ki_vla_ros.model.network import KIVLA, TrainingBatch
 from ki_vla_ros.train.batching import collate
@@ -388,6 +389,7 @@ def _write_checkpoint(directory: Path, model: KIVLA, optimizer: torch.optim.Opti
             else:
                 scalars.setdefault(str(index), {})[name] = value
     save_file(tensors, str(directory / TRAINER_STATE_TENSORS), metadata={"format": _STATE_FORMAT})
+    respect_umask(directory / TRAINER_STATE_TENSORS)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
     np_state = np.random.get_state(legacy=False)
     py_version, py_internal, py_gauss = random.getstate()

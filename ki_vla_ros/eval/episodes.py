@@ -13,7 +13,7 @@ Targets are what the robot was told (or did) after each observation, per action 
                             as in joint_trajectory_controller; linear between points, the
                             last point held until the bag ends.
                             No commands recorded -> the measured /joint_states positions.
-    base_twist group        Twist on controller_topic (held until the next one), or the
+    base_twist group        Twist or TwistStamped on controller_topic (held until the next one), or the
                             measured odometry twist.
 
 A chunk step at time t is compared only where its group's target exists at t (no
@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 
 from ki_vla_ros.eval.bag_io import (
-    COMPRESSED_IMAGE, IMAGE, JOINT_STATE, JOINT_TRAJECTORY, ODOMETRY, STRING, SUBTASK, TWIST, Bag,
-    BagError, BagMessage, duration_s)
+    COMPRESSED_IMAGE, IMAGE, JOINT_STATE, JOINT_TRAJECTORY, ODOMETRY, STRING, SUBTASK, Bag, BagError,
+    BagMessage, duration_s, twist_command_type)
 from ki_vla_ros.runtime.config import ActionGroupConfig, RobotConfig
 from ki_vla_ros.runtime.observation import (
     Observation, ObservationError, image_from_compressed, image_from_raw)
@@ -155,8 +155,8 @@ def _trajectory_timeline(bag: Path, topic: str, group: ActionGroupConfig,
 
 def _twist_timeline(topic: str, group: ActionGroupConfig, messages: Sequence[BagMessage],
                     end_s: float, base_names: tuple[str, ...], measured: bool) -> Timeline:
-    def twist_of(msg: Any) -> Any:
-        return msg.twist.twist if measured else msg
+    def twist_of(msg: Any) -> Any:  # Odometry, TwistStamped or Twist
+        return msg.twist.twist if measured else getattr(msg, "twist", msg)
 
     fields = {"vx": lambda t: t.linear.x, "vy": lambda t: t.linear.y, "wz": lambda t: t.angular.z}
     times = np.asarray([m.stamp_s for m in messages])
@@ -261,7 +261,7 @@ class EpisodeReplay:
         topics = bag.topics
         command_topics: dict[str, ActionGroupConfig] = {}
         for group in config.action_groups:
-            expected = JOINT_TRAJECTORY if group.kind == "joint_trajectory" else TWIST
+            expected = JOINT_TRAJECTORY if group.kind == "joint_trajectory" else twist_command_type(group)
             topic = group.controller_topic
             if choice != "measured" and topic in topics and bag.topic_count(topic) > 0:
                 bag.require_topics({topic: expected})

@@ -8,13 +8,14 @@ from typing import Mapping
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import KeyValue
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import Twist, TwistStamped
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ki_vla_ros.msg import ActionChunk as ActionChunkMsg
 from ki_vla_ros.runtime.action_chunk import ActionChunk
 from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TrajectoryPoint, TwistCommand
+from ki_vla_ros.runtime.config import ActionGroupConfig
 from ki_vla_ros.runtime.observation import image_from_compressed, image_from_raw
 
 
@@ -88,10 +89,29 @@ def joint_trajectory_from_msg(msg: JointTrajectory, group: str) -> JointTrajecto
     return JointTrajectoryCommand(group, tuple(msg.joint_names), time_to_s(msg.header.stamp), points)
 
 
-def twist_msg(command: TwistCommand) -> Twist:
+BASE_FRAME = "base_link"  # header.frame_id of a TwistStamped command (REP 105: velocities in the base frame)
+
+
+def twist_type(group: ActionGroupConfig) -> type:
+    """The message class of a base group's topics: TwistStamped (the default) or Twist."""
+    return TwistStamped if group.stamped else Twist
+
+
+def twist_msg(command: TwistCommand, stamped: bool) -> Twist | TwistStamped:
+    """A base velocity; stamped: a TwistStamped with header.stamp = command.time_s."""
     msg = Twist()
     msg.linear.x, msg.linear.y, msg.angular.z = command.linear_x, command.linear_y, command.angular_z
-    return msg
+    if not stamped:
+        return msg
+    out = TwistStamped(twist=msg)
+    out.header.stamp, out.header.frame_id = s_to_time(command.time_s), BASE_FRAME
+    return out
+
+
+def twist_values(msg: Twist | TwistStamped) -> tuple[float, float, float]:
+    """(vx, vy, wz) of a Twist or TwistStamped."""
+    twist = msg.twist if isinstance(msg, TwistStamped) else msg
+    return twist.linear.x, twist.linear.y, twist.angular.z
 
 
 def action_chunk_msg(chunk: ActionChunk, start_time_s: float | None = None) -> ActionChunkMsg:

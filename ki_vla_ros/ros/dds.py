@@ -2,7 +2,7 @@
 process of a local graph shares (see config/fastdds_localhost.xml).
 
 QoS, as in ros2_control and the usual drivers:
-- SENSOR_PUBLISHER_QOS: sensors (joint states, odometry, cameras) are published reliable, so a
+- sensor_publisher_qos: sensors (joint states, odometry, cameras) are published reliable, so a
   reliable subscriber (robot_state_publisher, `ki-vla record`) matches and gets every message;
   the policy node and the mux subscribe best-effort (qos_profile_sensor_data), which matches a
   reliable publisher too and never stalls on a slow reader.
@@ -22,8 +22,14 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR
 
-SENSOR_PUBLISHER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                                  reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+def sensor_publisher_qos(depth: int = 10) -> QoSProfile:
+    """Reliable, volatile, keep last `depth`: a burst longer than depth that a reader has not
+    yet acknowledged loses its oldest messages, so size it for the bursts a publisher sends."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 

@@ -42,7 +42,6 @@ class DemoObserver:
 
     def __init__(self, node, config):
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import Twist
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import JointState
         from std_msgs.msg import String
@@ -50,6 +49,7 @@ class DemoObserver:
         from trajectory_msgs.msg import JointTrajectory
 
         from ki_vla_ros.msg import ActionChunk, Subtask
+        from ki_vla_ros.ros.conversions import twist_type
         from ki_vla_ros.ros.dds import LATCHED_QOS
         from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, MODE_TOPIC, TASK_TOPIC
 
@@ -69,7 +69,7 @@ class DemoObserver:
         node.create_subscription(JointState, config.joint_states_topic, self._on_joint_state,
                                  qos_profile_sensor_data)
         for group in config.action_groups:
-            msg_type = JointTrajectory if group.kind == "joint_trajectory" else Twist
+            msg_type = JointTrajectory if group.kind == "joint_trajectory" else twist_type(group)
             node.create_subscription(msg_type, group.controller_topic, self._on_output, 10)
         self.instruction_pub = node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
         self.task_pub = node.create_publisher(String, TASK_TOPIC, LATCHED_QOS)

@@ -35,9 +35,7 @@ from dataclasses import replace
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -49,10 +47,11 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla_ros.msg import ActionChunk as ActionChunkMsg
 from ki_vla_ros.msg import Subtask
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros import parameters as params
 from ki_vla_ros.ros.dds import LATCHED_QOS
 from ki_vla_ros.runtime.chunking import Trajectory, chunk_period_warning
-from ki_vla_ros.runtime.commands import joint_trajectory_commands
-from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
+from ki_vla_ros.runtime.commands import TwistCommand, joint_trajectory_commands
+from ki_vla_ros.runtime.config import ConfigError, RobotConfig, load_robot_config
 from ki_vla_ros.runtime.input_health import InputHealth
 from ki_vla_ros.runtime.instruction import InstructionError, check_instruction, shorten
 from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
@@ -79,23 +78,20 @@ def percentile_ms(values, q: float) -> float:
 class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = "policy_node", *, predictor=None, context=None, **node_kwargs):
         super().__init__(node_name, context=context, **node_kwargs)
-        self.declare_parameter("config", "single_arm", ParameterDescriptor(
-            description="robot config: a name in the package's config/ (single_arm, bimanual, "
-                        "mobile) or a path to a YAML file"))
-        self.declare_parameter("checkpoint", "", ParameterDescriptor(
-            description="model checkpoint directory or 'tiny'; empty = model.checkpoint from the config"))
-        self.declare_parameter("autostart", True, ParameterDescriptor(
-            description="configure and activate on startup"))
-        self.declare_parameter("torch_threads", 0, ParameterDescriptor(
-            description="torch CPU threads for the model; 0 = auto (a quarter of the cores, at least 1)"))
+        self._active = threading.Event()  # before the parameters: a bad one ends __init__ early
+        self._stop = threading.Event()
+        self._new_observation = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.declare_parameter("config", "single_arm", params.CONFIG)
+        self.declare_parameter("checkpoint", "", params.fixed(
+            "model checkpoint directory or 'tiny'; empty = model.checkpoint from the config"))
+        self.declare_parameter("autostart", True, params.fixed("configure and activate on startup"))
+        self.declare_parameter("torch_threads", 0, params.TORCH_THREADS)
+        self._declare_tunables()
         self._shared_predictor = predictor  # one model for policy + planner in one process
         self.config: RobotConfig | None = None
         self.policy: Policy | None = None
         self.loop: PolicyLoop | None = None
-        self._active = threading.Event()
-        self._stop = threading.Event()
-        self._new_observation = threading.Event()
-        self._worker: threading.Thread | None = None
         self.inference_ms: deque[float] = deque(maxlen=1000)
         self.obs_to_command_ms: deque[float] = deque(maxlen=1000)
         self.chunk_times_s: deque[float] = deque(maxlen=50)
@@ -120,10 +116,26 @@ class PolicyNode(LifecycleNode):
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
 
+    def _declare_tunables(self) -> None:
+        """chunk.*, sync.*, model.*, default_instruction as typed parameters (ros.parameters),
+        defaults from the config's YAML. They are read at configure, so they can be changed
+        while the node is unconfigured; a config that does not load is reported by configure."""
+        try:
+            params.declare_config_parameters(self, "policy_node", load_robot_config(self.get_parameter("config").value),
+                                             busy=self._why_not_now)
+        except ConfigError:
+            pass
+
+    def _why_not_now(self) -> str:
+        return "" if self.loop is None else (
+            f"the policy node reads it at configure and is {self.state}: deactivate and clean up the node, "
+            "set it, then configure again")
+
     # ------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self.config = load_robot_config(self.get_parameter("config").value)
+            self.config = params.parameter_values(self, "policy_node",
+                                                  load_robot_config(self.get_parameter("config").value))
             checkpoint = self.get_parameter("checkpoint").value or None
             self.get_logger().info(f"configuring: loading model "
                                    f"{checkpoint or self.config.model.checkpoint!r} for robot '{self.config.name}'")
@@ -232,7 +244,7 @@ class PolicyNode(LifecycleNode):
         self._interfaces.extend(self.trajectory_pubs.values())
         self.twist_pub = None
         if c.base_group is not None:
-            self.twist_pub = self.create_lifecycle_publisher(Twist, c.base_group.policy_topic, 10)
+            self.twist_pub = self.create_lifecycle_publisher(conv.twist_type(c.base_group), c.base_group.policy_topic, 10)
             keep(self.twist_pub)
             keep(self.create_timer(1.0 / c.control_rate_hz, self._stream_twist))
         keep(self.create_timer(WATCHDOG_PERIOD_S, self._watchdog))
@@ -378,7 +390,7 @@ class PolicyNode(LifecycleNode):
             return
         command = self.loop.twist_now(self.now_s())
         if command is not None:
-            self.twist_pub.publish(conv.twist_msg(command))
+            self.twist_pub.publish(conv.twist_msg(command, self.config.base_group.stamped))
             self.commands_published += 1
             self.last_command_s = self.now_s()
 
@@ -403,7 +415,8 @@ class PolicyNode(LifecycleNode):
                     replace(p, time_from_start_s=self.config.chunk.step_duration_s) for p in command.points))
                 self.trajectory_pubs[command.group].publish(conv.joint_trajectory_msg(held))
         if self.twist_pub is not None:
-            self.twist_pub.publish(Twist())
+            self.twist_pub.publish(conv.twist_msg(TwistCommand(self.config.base_group.name, now_s),
+                                                  self.config.base_group.stamped))
 
     # ------------------------------------------------------------ diagnostics
     def diagnosis(self) -> tuple[int, str]:

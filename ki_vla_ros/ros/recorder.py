@@ -50,7 +50,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from ki_vla_ros.eval.bag_io import (
     ACTION_CHUNK, COMPRESSED_IMAGE, IMAGE, JOINT_STATE, JOINT_TRAJECTORY, ODOMETRY, STRING, SUBTASK,
-    TWIST, BagWriter)
+    BagWriter, twist_command_type)
 from ki_vla_ros.eval.commands import add_record_arguments
 from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUBTASK_TOPIC
 from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
@@ -80,7 +80,7 @@ def recorded_topics(config: RobotConfig) -> dict[str, str]:
     if config.odom_topic:
         topics[config.odom_topic] = ODOMETRY
     for group in config.action_groups:
-        command_type = JOINT_TRAJECTORY if group.kind == "joint_trajectory" else TWIST
+        command_type = JOINT_TRAJECTORY if group.kind == "joint_trajectory" else twist_command_type(group)
         for topic in (group.controller_topic, group.policy_topic, group.teleop_topic):
             topics[topic] = command_type
     topics[ACTION_CHUNK_TOPIC] = ACTION_CHUNK

@@ -104,7 +104,9 @@ def test_record_on_the_live_sim_graph_then_eval_bag_round_trips(tmp_path, ros_en
     for topic in SENSOR_TOPICS:
         count, rate_hz, max_gap_ms, gaps, missing = table[topic][:5]
         assert float(rate_hz) > 0 and float(max_gap_ms) > 0 and gaps.isdigit() and missing.isdigit(), table[topic]
-    assert "JointState, reliable, volatile, depth 1000)" in recorder_out  # /joint_states, from the sim's reliable publisher
+    assert "JointState, reliable, volatile, depth 1000)" in recorder_out
+    # the sim publishes every controller tick, reliably: the stamps have no hole
+    assert table["/joint_states"][3:5] == ["0", "0"], recorder_out[-3000:]  # /joint_states, from the sim's reliable publisher
 
     oracle = TrajectoryOraclePolicy(CONFIG, lambda times: commanded_actions(CONFIG, times))
     report = evaluate_bags([bag_path], CONFIG, oracle, tmp_path / "report", progress=False, plots=False)

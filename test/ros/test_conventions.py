@@ -55,3 +55,52 @@ def test_diagnostic_values_are_plain_strings_not_python_reprs():
     for bad in ({"a": 1}, [1, 2], None, ValueError("x")):
         with pytest.raises(TypeError, match="diagnostic value 'x' is a"):
             key_values({"x": bad})
+
+
+@pytest.mark.parametrize("twist_type", ["twist_stamped", "twist"])
+def test_base_commands_flow_as_the_configured_twist_type_through_mux_to_the_sim(ros_graph, tmp_path, twist_type):
+    """policy topic -> command_mux -> /cmd_vel -> sim_robot, all as TwistStamped (the default for
+    a base group, what Jazzy base controllers take) or as Twist (the shipped mobile config)."""
+    import time
+
+    import yaml
+    from geometry_msgs.msg import Twist, TwistStamped
+    from nav_msgs.msg import Odometry
+
+    from ki_vla_ros.ros.command_mux import CommandMuxNode
+    from ki_vla_ros.ros.sim_robot import SimRobotNode
+    from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR, load_robot_config
+
+    document = yaml.safe_load((SOURCE_CONFIG_DIR / "mobile.yaml").read_text())
+    base = document["/**"]["ros__parameters"]["action_groups"]["base"]
+    base.pop("twist_type", None)
+    if twist_type == "twist":
+        base["twist_type"] = "twist"
+    path = tmp_path / "mobile_variant.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    group = load_robot_config(path).base_group
+    msg_type = TwistStamped if twist_type == "twist_stamped" else Twist
+    assert group.stamped == (msg_type is TwistStamped)
+
+    probe = ros_graph.node("twist_probe")
+    out = Collector(probe, msg_type, group.controller_topic)
+    odom = Collector(probe, Odometry, "/odom", 1)
+    command = probe.create_publisher(msg_type, group.policy_topic, 10)
+    ros_graph.add(SimRobotNode(context=ros_graph.context, parameter_overrides=params(config=str(path),
+                                                                                       camera_rate_hz=0.5)))
+    ros_graph.add(CommandMuxNode(context=ros_graph.context, parameter_overrides=params(config=str(path))))
+    ros_graph.wait_for(lambda: command.get_subscription_count() > 0 and len(odom) > 0, 20.0, "mux and sim")
+    deadline = time.monotonic() + 20.0
+    while not (len(out) >= 3 and odom.messages[-1].twist.twist.linear.x > 0.05):
+        assert time.monotonic() < deadline, f"{len(out)} {msg_type.__name__} on {group.controller_topic}"
+        msg = Twist()
+        msg.linear.x = 0.2
+        if msg_type is TwistStamped:
+            msg = TwistStamped(twist=msg)
+            msg.header.stamp = probe.get_clock().now().to_msg()
+        command.publish(msg)
+        time.sleep(0.05)
+    forwarded = [m for m in out.messages if (m.twist if msg_type is TwistStamped else m).linear.x > 0]
+    assert forwarded
+    if msg_type is TwistStamped:
+        assert forwarded[-1].header.frame_id == "base_link" and forwarded[-1].header.stamp.sec > 0

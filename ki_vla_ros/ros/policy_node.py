@@ -20,6 +20,10 @@ rejected with an ERROR diagnostic, and the node holds until a usable one arrives
 On a stop request (node_main calls prepare_to_exit) the node stops its inference thread and
 holds before the process exits.
 
+Parameters: config, checkpoint, autostart, torch_threads (read-only), and the policy_node
+block of the config as typed parameters (chunk.*, sync.*, model.*, default_instruction; see
+ros.parameters), read at configure and changeable only while unconfigured.
+
 Everything between messages and commands happens in runtime.PolicyLoop (the same code
 the rosbag evaluator runs); this file only moves data between ROS and that loop.
 Inference runs on a worker thread so the executor keeps receiving messages meanwhile.

@@ -121,8 +121,6 @@ def test_an_unusable_instruction_is_an_error_and_holds_until_a_usable_one_arrive
     from diagnostic_msgs.msg import DiagnosticStatus
     from std_msgs.msg import String
 
-    from ki_vla_ros.ros.dds import LATCHED_QOS
-
     policy, probe, observations = _setup(ros_graph)
     _wait_for_status(probe, observations, DiagnosticStatus.OK, "running", "commanding first")
     probe.instruction.publish(String(data=instruction))

@@ -127,11 +127,11 @@ def main() -> int:
         return 0
 
     import rclpy
-    from geometry_msgs.msg import Twist
     from rclpy.context import Context
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
+    from ki_vla_ros.ros.conversions import twist_type
     from ki_vla_ros.ros.policy_node import PolicyNode
     from ki_vla_ros.runtime.config import load_robot_config
     from ki_vla_ros.runtime.model_loading import load_predictor
@@ -151,7 +151,7 @@ def main() -> int:
     twist_times: list[float] = []
     # The Twist stream is measured in a second process in spirit: a separate node on its own
     # executor thread, receiving over DDS.
-    listener.create_subscription(Twist, config.base_group.policy_topic,
+    listener.create_subscription(twist_type(config.base_group), config.base_group.policy_topic,
                                  lambda _: twist_times.append(time.monotonic()), 10)
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)

@@ -68,12 +68,13 @@ class Observer:
 
     def __init__(self, node, config):
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import Twist
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
         from trajectory_msgs.msg import JointTrajectory
 
         from ki_vla_ros.msg import ActionChunk, Subtask
+        from ki_vla_ros.ros.conversions import twist_type
+        from ki_vla_ros.ros.dds import LATCHED_QOS
         from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, SUBTASK_TOPIC, TASK_TOPIC
 
         self.node = node
@@ -87,14 +88,14 @@ class Observer:
                 node.create_subscription(JointTrajectory, group.controller_topic,
                                          lambda m, g=group.name: self._on_trajectory(g, m), 10)
             else:
-                node.create_subscription(Twist, group.controller_topic,
+                node.create_subscription(twist_type(group), group.controller_topic,
                                          lambda m, g=group.name: self._on_twist(g, m), 10)
         node.create_subscription(ActionChunk, ACTION_CHUNK_TOPIC, self._on_chunk, 10)
         node.create_subscription(Subtask, SUBTASK_TOPIC, self._on_subtask, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         node.create_subscription(String, "/sim_robot/status", self._on_sim_status, 10)
-        self.instruction = node.create_publisher(String, INSTRUCTION_TOPIC, 10)
-        self.task = node.create_publisher(String, TASK_TOPIC, 10)
+        self.instruction = node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
+        self.task = node.create_publisher(String, TASK_TOPIC, LATCHED_QOS)
         self.fault = node.create_publisher(String, "/sim_robot/inject_fault", 10)
         self.switch = {m: node.create_client(Trigger, f"/command_mux/{m}") for m in ("teleop", "policy")}
 
@@ -103,7 +104,9 @@ class Observer:
         self.commands.append((time.monotonic(), group, len(msg.points), hold))
 
     def _on_twist(self, group, msg):
-        zero = msg.linear.x == 0.0 and msg.linear.y == 0.0 and msg.angular.z == 0.0
+        from ki_vla_ros.ros.conversions import twist_values
+
+        zero = twist_values(msg) == (0.0, 0.0, 0.0)
         self.commands.append((time.monotonic(), group, 1, zero))
 
     def _on_chunk(self, msg):

@@ -67,10 +67,28 @@ def _run_bringup(args) -> int:
     return run_bringup(args.config, sim=args.sim, checkpoint=args.checkpoint, use_sim_time=args.use_sim_time)
 
 
+# Errors about the user's input (a config, a bag, a checkpoint, a dataset) whose message says
+# everything: printed as one line, without a traceback. module -> exception class name.
+USER_ERRORS = {"ki_vla_ros.runtime.config": "ConfigError", "ki_vla_ros.eval.bag_io": "BagError",
+               "ki_vla_ros.model.checkpoint": "CheckpointError", "ki_vla_ros.train.dataset": "DatasetError"}
+USER_ERROR_EXIT = 2
+
+
+def _user_error_types() -> tuple[type, ...]:
+    """The USER_ERRORS classes of the modules this run imported (no other module can have raised one)."""
+    return tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS.items() if module in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     _ros_defaults()
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as error:
+        if not isinstance(error, _user_error_types()):
+            raise
+        print(f"ki-vla {args.command}: error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 JOINT_STATE = "sensor_msgs/msg/JointState"
 JOINT_TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
 TWIST = "geometry_msgs/msg/Twist"
+TWIST_STAMPED = "geometry_msgs/msg/TwistStamped"
 ODOMETRY = "nav_msgs/msg/Odometry"
 STRING = "std_msgs/msg/String"
 CLOCK = "rosgraph_msgs/msg/Clock"
@@ -353,9 +354,19 @@ def make_joint_trajectory(store: Typestore, start_time_s: float, joint_names: Se
                                          joint_names=list(joint_names), points=points)
 
 
-def make_twist(store: Typestore, vx: float = 0.0, vy: float = 0.0, wz: float = 0.0) -> Any:
+def make_twist(store: Typestore, vx: float = 0.0, vy: float = 0.0, wz: float = 0.0,
+               stamp_s: float | None = None) -> Any:
+    """A Twist, or with stamp_s a TwistStamped (frame base_link) stamped then."""
     vector = store.types["geometry_msgs/msg/Vector3"]
-    return store.types[TWIST](linear=vector(x=vx, y=vy, z=0.0), angular=vector(x=0.0, y=0.0, z=wz))
+    twist = store.types[TWIST](linear=vector(x=vx, y=vy, z=0.0), angular=vector(x=0.0, y=0.0, z=wz))
+    if stamp_s is None:
+        return twist
+    return store.types[TWIST_STAMPED](header=make_header(store, stamp_s, "base_link"), twist=twist)
+
+
+def twist_command_type(group: Any) -> str:
+    """The message type name of a base group's topics (TwistStamped unless twist_type is 'twist')."""
+    return TWIST_STAMPED if group.stamped else TWIST
 
 
 def make_odometry(store: Typestore, stamp_s: float, vx: float = 0.0, vy: float = 0.0,

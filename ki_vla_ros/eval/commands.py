@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -90,9 +89,16 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_bag(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ki_vla_ros.eval.bag_io import BagError
     from ki_vla_ros.eval.run import evaluate_bags, load_policy
     from ki_vla_ros.runtime.config import load_robot_config
 
+    missing = [bag for bag in args.bags if not Path(bag).exists()]
+    if missing:  # before loading anything, and no report of bags that were never there
+        raise BagError(", ".join(missing), "no such file or directory; expected rosbag2 directories or .mcap / "
+                                           ".db3 files; nothing evaluated, no report written")
     config = load_robot_config(args.config)
     checkpoint = args.checkpoint or config.model.checkpoint
     policy = load_policy(config, checkpoint, device=args.device, torch_threads=args.torch_threads)
@@ -108,8 +114,6 @@ def _eval_bag(args: argparse.Namespace) -> int:
                       "rmse_normalized": overall["rmse_normalized"],
                       "inference_ms_p50": report["latency"]["inference_ms"]["p50"],
                       "observations_per_s": totals["observations_per_s"], "report": args.out}))
-    for failure in report["failed_bags"]:
-        print(f"FAILED {failure['bag']}: {failure['error']}", file=sys.stderr)
     return 1 if report["failed_bags"] else 0
 
 

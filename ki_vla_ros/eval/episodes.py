@@ -13,7 +13,7 @@ Targets are what the robot was told (or did) after each observation, per action 
                             as in joint_trajectory_controller; linear between points, the
                             last point held until the bag ends.
                             No commands recorded -> the measured /joint_states positions.
-    base_twist group        Twist on controller_topic (held until the next one), or the
+    base_twist group        Twist or TwistStamped on controller_topic (held until the next one), or the
                             measured odometry twist.
 
 A chunk step at time t is compared only where its group's target exists at t (no
@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 
 from ki_vla_ros.eval.bag_io import (
-    COMPRESSED_IMAGE, IMAGE, JOINT_STATE, JOINT_TRAJECTORY, ODOMETRY, STRING, SUBTASK, TWIST, Bag,
-    BagError, BagMessage, duration_s)
+    COMPRESSED_IMAGE, IMAGE, JOINT_STATE, JOINT_TRAJECTORY, ODOMETRY, STRING, SUBTASK, Bag, BagError,
+    BagMessage, duration_s, twist_command_type)
 from ki_vla_ros.runtime.config import ActionGroupConfig, RobotConfig
 from ki_vla_ros.runtime.observation import (
     Observation, ObservationError, image_from_compressed, image_from_raw)
@@ -155,8 +155,8 @@ def _trajectory_timeline(bag: Path, topic: str, group: ActionGroupConfig,
 
 def _twist_timeline(topic: str, group: ActionGroupConfig, messages: Sequence[BagMessage],
                     end_s: float, base_names: tuple[str, ...], measured: bool) -> Timeline:
-    def twist_of(msg: Any) -> Any:
-        return msg.twist.twist if measured else msg
+    def twist_of(msg: Any) -> Any:  # Odometry, TwistStamped or Twist
+        return msg.twist.twist if measured else getattr(msg, "twist", msg)
 
     fields = {"vx": lambda t: t.linear.x, "vy": lambda t: t.linear.y, "wz": lambda t: t.angular.z}
     times = np.asarray([m.stamp_s for m in messages])
@@ -229,6 +229,7 @@ class EpisodeReplay:
             else float(every_s)
         self.instruction = instruction
         self.counters = ReplayCounters()
+        self._stamp_leads: dict[str, list[float]] = {}  # topic -> header stamp - receive time (s)
         self.bag = Bag(self.path)
         try:
             self.bag.require_topics(observation_topics(config))
@@ -260,7 +261,7 @@ class EpisodeReplay:
         topics = bag.topics
         command_topics: dict[str, ActionGroupConfig] = {}
         for group in config.action_groups:
-            expected = JOINT_TRAJECTORY if group.kind == "joint_trajectory" else TWIST
+            expected = JOINT_TRAJECTORY if group.kind == "joint_trajectory" else twist_command_type(group)
             topic = group.controller_topic
             if choice != "measured" and topic in topics and bag.topic_count(topic) > 0:
                 bag.require_topics({topic: expected})
@@ -356,13 +357,15 @@ class EpisodeReplay:
                 continue
             now_s = m.receive_time_s - self.clock_offset_s
             name = inputs[m.topic]
+            stamp = m.msg.header.stamp
+            stamp_s = stamp.sec + stamp.nanosec * 1e-9
+            self._stamp_leads.setdefault(m.topic, []).append(stamp_s - m.receive_time_s)
             try:
                 payload = self._payload(name, m.msg)
             except ObservationError as exc:  # the node drops such a message with a diagnostic
-                self._count(exc)
+                self._count(f"{m.topic}: {exc}")
                 continue
-            stamp = m.msg.header.stamp
-            result = loop.add(name, stamp.sec + stamp.nanosec * 1e-9, payload, now_s)
+            result = loop.add(name, stamp_s, payload, now_s)
             if result.status is SyncStatus.REJECTED:
                 self.counters.sync_rejected += 1
             elif result.status is SyncStatus.STALE:
@@ -399,6 +402,27 @@ class EpisodeReplay:
             return image_from_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, camera=name)
         return image_from_compressed(msg.format, msg.data, camera=name)
 
-    def _count(self, error: Exception) -> None:
+    def _count(self, error: Exception | str) -> None:
         self.counters.invalid_observations += 1
-        self.counters.reasons[str(error)[:160]] += 1
+        self.counters.reasons[str(error)[:200]] += 1
+
+    def stamp_offsets_s(self) -> dict[str, float]:
+        """topic -> how far its header stamps run ahead of the joint states' (s, median over the
+        messages replayed so far, each measured against its own receive time)."""
+        leads = {topic: float(np.median(values)) for topic, values in self._stamp_leads.items()}
+        reference = leads.get(self.config.joint_states_topic)
+        if reference is None:
+            return {}
+        return {topic: lead - reference for topic, lead in leads.items() if topic != self.config.joint_states_topic}
+
+    def stamp_offset_problem(self) -> str:
+        """The inputs whose stamps are further from the joint states' than sync.slop_s, so no
+        synchronized set can form; "" when there is none."""
+        slop_s = self.config.sync.slop_s
+        offsets = {t: o for t, o in self.stamp_offsets_s().items() if abs(o) > slop_s}
+        if not offsets:
+            return ""
+        parts = [f"'{t}' stamps are {abs(o):.3f} s {'ahead of' if o > 0 else 'behind'} "
+                 f"'{self.config.joint_states_topic}'" for t, o in sorted(offsets.items())]
+        return (f"{'; '.join(parts)} (relative to their receive times); sync.slop_s = {slop_s} s, so they are "
+                "never synchronized: fix the clock of that sensor's driver")

@@ -22,6 +22,7 @@ evaluator itself.
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -98,7 +99,7 @@ def evaluate_bags(bags: Sequence[str | Path], config: RobotConfig | str | Path, 
                 failure["traceback"] = traceback.format_exc(limit=6)
             bag_results.append(failure)
             if progress:
-                tqdm.write(f"FAILED {bag}: {exc}")
+                tqdm.write(f"FAILED {bag}: {exc}", file=sys.stderr)
             continue
         for window in episode_windows:
             overall.add(window)
@@ -184,9 +185,11 @@ def _evaluate_bag(path: Path, config: RobotConfig, policy: PolicyLike, *, latenc
         counters = episode.counters.as_dict()
         if not windows:
             reasons = {**counters["reasons"], **policy_errors}
+            offsets = episode.stamp_offset_problem() if counters["sets_emitted"] == 0 else ""
             raise BagError(path, f"no observation could be evaluated: {counters['sets_emitted']} "
                                  f"synchronized sets, {counters['invalid_observations']} invalid, "
-                                 f"{sum(policy_errors.values())} policy errors; reasons: {reasons or 'none'}")
+                                 f"{sum(policy_errors.values())} policy errors; reasons: {reasons or 'none'}"
+                                 + (f"; {offsets}" if offsets else ""))
         summary = stats.overall()
         warning = None
         if summary["compared"] == 0:

@@ -21,6 +21,7 @@ Weights are read only from safetensors (no pickle).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -45,6 +46,15 @@ _EXPERT_PARTS = ("action_in_proj.", "action_out_proj.", "time_mlp_in.", "time_ml
 _MAX_LISTED = 40
 
 
+def respect_umask(path: str | Path) -> None:
+    """Give a file safetensors wrote the mode any other new file gets (0666 less the umask):
+    safetensors' save_file creates its files 0600, so a checkpoint or dataset written for a
+    team could not be read by anyone else."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model; the message lists every mismatch."""
 
@@ -63,6 +73,7 @@ def save_pretrained(model: KIVLA, directory, state: dict[str, torch.Tensor] | No
     if model.backbone.lm_head.weight is model.backbone.model.language_model.embed_tokens.weight:
         state.pop(_TIED_HEAD, None)
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "layout": "ki_vla_ros"})
+    respect_umask(directory / WEIGHTS_FILE)
     model.config.save(directory / CONFIG_FILE)
     if model.norm_stats:
         from .normalize import save_norm_stats

@@ -7,25 +7,26 @@ hand-off, holds). Switch with the std_srvs/Trigger services
 
 The current mode is on /ki_vla/mux/mode (std_msgs/String, transient local: a late
 subscriber gets the latest mode). Inputs per action group: its teleop_topic and
-policy_topic; output: its controller_topic (JointTrajectory, or Twist for a base group).
+policy_topic; output: its controller_topic (JointTrajectory, or for a base group TwistStamped or
+Twist as its twist_type says).
 """
 
 from __future__ import annotations
 
 import sys
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Twist
-from rcl_interfaces.msg import ParameterDescriptor
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros import parameters as params
+from ki_vla_ros.ros.dds import LATCHED_QOS
 from ki_vla_ros.runtime.chunking import chunk_period_warning
 from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TwistCommand
 from ki_vla_ros.runtime.config import load_robot_config
@@ -39,9 +40,11 @@ EXIT_ACK_TIMEOUT_S = 1.0
 class CommandMuxNode(Node):
     def __init__(self, node_name: str = "command_mux", *, context=None, **node_kwargs):
         super().__init__(node_name, context=context, **node_kwargs)
-        self.declare_parameter("config", "single_arm", ParameterDescriptor(
-            description="robot config: a name in the package's config/ or a path to a YAML file"))
-        self.config = load_robot_config(self.get_parameter("config").value)
+        self.declare_parameter("config", "single_arm", params.CONFIG)
+        # timeouts and limits as typed parameters; a change applies to the next command
+        self.config = params.declare_config_parameters(
+            self, "command_mux", load_robot_config(self.get_parameter("config").value), read_only=("initial_mode",),
+            apply=self._apply)
         self.mux = CommandMux(self.config)
         self.outputs = {}
         for group in self.config.action_groups:
@@ -54,17 +57,16 @@ class CommandMuxNode(Node):
                         lambda msg, g=group.name, s=source: self._on_command(
                             s, conv.joint_trajectory_from_msg(msg, g)), 10)
             else:
-                self.outputs[group.name] = self.create_publisher(Twist, group.controller_topic, 10)
+                self.outputs[group.name] = self.create_publisher(conv.twist_type(group), group.controller_topic, 10)
                 for source, topic in ((CommandSource.TELEOP, group.teleop_topic),
                                       (CommandSource.POLICY, group.policy_topic)):
                     self.create_subscription(
-                        Twist, topic,
+                        conv.twist_type(group), topic,
                         lambda msg, g=group.name, s=source: self._on_command(
-                            s, TwistCommand(g, self.now_s(), msg.linear.x, msg.linear.y, msg.angular.z)), 10)
+                            s, TwistCommand(g, self.now_s(), *conv.twist_values(msg))), 10)
         self.create_subscription(JointState, self.config.joint_states_topic, self._on_joint_state,
                                  qos_profile_sensor_data)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.mode_pub = self.create_publisher(String, MODE_TOPIC, latched)
+        self.mode_pub = self.create_publisher(String, MODE_TOPIC, LATCHED_QOS)
         for mode in MuxMode:
             self.create_service(Trigger, f"~/{mode.value}",
                                 lambda request, response, m=mode: self._on_switch(m, response))
@@ -77,6 +79,14 @@ class CommandMuxNode(Node):
             self.get_logger().warning(warning)
         self.get_logger().info(f"mode {self.mux.mode.value}; groups "
                                f"{[g.name for g in self.config.action_groups]}")
+
+    def _apply(self, config) -> None:
+        """A changed mux parameter (ros.parameters checked it): the new limits from now on."""
+        self.config = config
+        self.mux.config = config.mux
+        warning = chunk_period_warning(config)
+        if warning:
+            self.get_logger().warning(warning)
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -98,7 +108,8 @@ class CommandMuxNode(Node):
         if isinstance(command, JointTrajectoryCommand):
             self.outputs[command.group].publish(conv.joint_trajectory_msg(command))
         else:
-            self.outputs[command.group].publish(conv.twist_msg(command))
+            self.outputs[command.group].publish(
+                conv.twist_msg(command, self.config.action_group(command.group).stamped))
 
     def _tick(self) -> None:
         for hold in self.mux.tick(self.now_s()):
@@ -140,7 +151,7 @@ class CommandMuxNode(Node):
                   **{k: getattr(status.counters, k) for k in status.counters.__dataclass_fields__},
                   "holding_s": f"{max((g.holding_s for g in status.groups), default=0.0):.2f}",
                   **{f"holding_s.{g.group}": f"{g.holding_s:.2f}" for g in status.groups}}
-        diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        diag.values = conv.key_values(values)
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [diag]

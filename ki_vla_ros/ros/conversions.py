@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import Twist
+from diagnostic_msgs.msg import KeyValue
+from geometry_msgs.msg import Twist, TwistStamped
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ki_vla_ros.msg import ActionChunk as ActionChunkMsg
 from ki_vla_ros.runtime.action_chunk import ActionChunk
 from ki_vla_ros.runtime.commands import JointTrajectoryCommand, TrajectoryPoint, TwistCommand
+from ki_vla_ros.runtime.config import ActionGroupConfig
 from ki_vla_ros.runtime.observation import image_from_compressed, image_from_raw
 
 
@@ -86,10 +89,29 @@ def joint_trajectory_from_msg(msg: JointTrajectory, group: str) -> JointTrajecto
     return JointTrajectoryCommand(group, tuple(msg.joint_names), time_to_s(msg.header.stamp), points)
 
 
-def twist_msg(command: TwistCommand) -> Twist:
+BASE_FRAME = "base_link"  # header.frame_id of a TwistStamped command (REP 105: velocities in the base frame)
+
+
+def twist_type(group: ActionGroupConfig) -> type:
+    """The message class of a base group's topics: TwistStamped (the default) or Twist."""
+    return TwistStamped if group.stamped else Twist
+
+
+def twist_msg(command: TwistCommand, stamped: bool) -> Twist | TwistStamped:
+    """A base velocity; stamped: a TwistStamped with header.stamp = command.time_s."""
     msg = Twist()
     msg.linear.x, msg.linear.y, msg.angular.z = command.linear_x, command.linear_y, command.angular_z
-    return msg
+    if not stamped:
+        return msg
+    out = TwistStamped(twist=msg)
+    out.header.stamp, out.header.frame_id = s_to_time(command.time_s), BASE_FRAME
+    return out
+
+
+def twist_values(msg: Twist | TwistStamped) -> tuple[float, float, float]:
+    """(vx, vy, wz) of a Twist or TwistStamped."""
+    twist = msg.twist if isinstance(msg, TwistStamped) else msg
+    return twist.linear.x, twist.linear.y, twist.angular.z
 
 
 def action_chunk_msg(chunk: ActionChunk, start_time_s: float | None = None) -> ActionChunkMsg:
@@ -116,3 +138,22 @@ def action_chunk_from_msg(msg: ActionChunkMsg) -> ActionChunk:
         step_duration_s=duration_to_s(msg.step_duration), action_names=tuple(msg.action_names),
         actions=actions.reshape(msg.horizon, msg.dim),
         inference_latency_s=duration_to_s(msg.inference_latency), instruction=msg.instruction)
+
+
+def key_values(values: Mapping[str, str | int | float | bool]) -> list[KeyValue]:
+    """Diagnostic values as plain strings, as a monitor or `ros2 topic echo` reader expects them:
+    strings as they are, ints in decimal, floats as %.6g, bools as true/false. Anything else (a
+    dict, a list, None, an exception) has no plain form: a TypeError naming the key."""
+    out = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, np.integer, str)):
+            text = str(value)
+        elif isinstance(value, (float, np.floating)):
+            text = format(float(value), ".6g")
+        else:
+            raise TypeError(f"diagnostic value {key!r} is a {type(value).__name__} ({value!r}); "
+                            "expected a string, int, float or bool")
+        out.append(KeyValue(key=key, value=text))
+    return out

@@ -1,4 +1,16 @@
-"""The DDS settings every process of a local graph shares (see config/fastdds_localhost.xml)."""
+"""DDS settings shared by the graph: the QoS of the graph's topics, and the environment every
+process of a local graph shares (see config/fastdds_localhost.xml).
+
+QoS, as in ros2_control and the usual drivers:
+- sensor_publisher_qos: sensors (joint states, odometry, cameras) are published reliable, so a
+  reliable subscriber (robot_state_publisher, `ki-vla record`) matches and gets every message;
+  the policy node and the mux subscribe best-effort (qos_profile_sensor_data), which matches a
+  reliable publisher too and never stalls on a slow reader.
+- LATCHED_QOS: the instruction and the task are state, not a stream: reliable, transient local
+  and depth 1, so a node that starts late gets the last one. Publishers and subscribers of these
+  topics must both use it (a transient-local subscription does not match a volatile publisher;
+  from a shell: `ros2 topic pub --once --qos-durability transient_local ...`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +18,20 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
 from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR
+
+
+
+def sensor_publisher_qos(depth: int = 10) -> QoSProfile:
+    """Reliable, volatile, keep last `depth`: a burst longer than depth that a reader has not
+    yet acknowledged loses its oldest messages, so size it for the bursts a publisher sends."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 PROFILE_NAME = "fastdds_localhost.xml"
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"

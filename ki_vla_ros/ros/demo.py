@@ -42,14 +42,15 @@ class DemoObserver:
 
     def __init__(self, node, config):
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import Twist
-        from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+        from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import JointState
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
         from trajectory_msgs.msg import JointTrajectory
 
         from ki_vla_ros.msg import ActionChunk, Subtask
+        from ki_vla_ros.ros.conversions import twist_type
+        from ki_vla_ros.ros.dds import LATCHED_QOS
         from ki_vla_ros.runtime.topics import ACTION_CHUNK_TOPIC, INSTRUCTION_TOPIC, MODE_TOPIC, TASK_TOPIC
 
         self.node, self.config = node, config
@@ -62,17 +63,16 @@ class DemoObserver:
         self.start_distance_m: float | None = None
         node.create_subscription(ActionChunk, ACTION_CHUNK_TOPIC, self._on_chunk, 10)
         node.create_subscription(Subtask, "/ki_vla/subtask", lambda m: self.subtasks.append(m.subtask), 10)
-        node.create_subscription(String, MODE_TOPIC, lambda m: self.modes.append(m.data),
-                                 QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        node.create_subscription(String, MODE_TOPIC, lambda m: self.modes.append(m.data), LATCHED_QOS)
         node.create_subscription(String, "/sim_robot/status", self._on_status, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         node.create_subscription(JointState, config.joint_states_topic, self._on_joint_state,
                                  qos_profile_sensor_data)
         for group in config.action_groups:
-            msg_type = JointTrajectory if group.kind == "joint_trajectory" else Twist
+            msg_type = JointTrajectory if group.kind == "joint_trajectory" else twist_type(group)
             node.create_subscription(msg_type, group.controller_topic, self._on_output, 10)
-        self.instruction_pub = node.create_publisher(String, INSTRUCTION_TOPIC, 10)
-        self.task_pub = node.create_publisher(String, TASK_TOPIC, 10)
+        self.instruction_pub = node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
+        self.task_pub = node.create_publisher(String, TASK_TOPIC, LATCHED_QOS)
         self.teleop_pubs = {g.name: node.create_publisher(JointTrajectory, g.teleop_topic, 10)
                             for g in config.action_groups if g.kind == "joint_trajectory"}
         self.switch = {m: node.create_client(Trigger, f"/command_mux/{m}") for m in ("teleop", "policy")}

@@ -1,7 +1,7 @@
 """planner_node: high-level task + cameras -> the low-level subtask the policy follows.
 
 At `rate_hz` it greedily decodes a subtask from the newest camera images and the task on
-/ki_vla/task (std_msgs/String) with the same backbone the policy uses (a separate call to
+/ki_vla/task (std_msgs/String, latched: transient local) with the same backbone the policy uses (a separate call to
 the same model), passes it through hysteresis (runtime.subtask_filter) so the prompt does
 not flicker, and publishes the subtask in force on /ki_vla/subtask (ki_vla_ros/Subtask)
 every cycle; `sequence` increments when the text changes. The policy node uses it as its
@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -26,6 +25,8 @@ from std_msgs.msg import String
 
 from ki_vla_ros.msg import Subtask
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros import parameters as params
+from ki_vla_ros.ros.dds import LATCHED_QOS
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
 from ki_vla_ros.runtime.observation import ObservationError
@@ -37,14 +38,15 @@ from ki_vla_ros.runtime.topics import SUBTASK_TOPIC, TASK_TOPIC
 class PlannerNode(Node):
     def __init__(self, node_name: str = "planner_node", *, predictor=None, context=None, **node_kwargs):
         super().__init__(node_name, context=context, **node_kwargs)
-        self.declare_parameter("config", "mobile", ParameterDescriptor(
-            description="robot config: a name in the package's config/ or a path to a YAML file"))
-        self.declare_parameter("checkpoint", "", ParameterDescriptor(
-            description="model checkpoint directory or 'tiny'; empty = model.checkpoint from the config "
-                        "(ignored when sharing the policy node's model)"))
-        self.declare_parameter("torch_threads", 0, ParameterDescriptor(
-            description="torch CPU threads when loading its own model; 0 = auto"))
-        self.config = load_robot_config(self.get_parameter("config").value)
+        self.declare_parameter("config", "mobile", params.CONFIG)
+        self.declare_parameter("checkpoint", "", params.fixed(
+            "model checkpoint directory or 'tiny'; empty = model.checkpoint from the config "
+            "(ignored when sharing the policy node's model)"))
+        self.declare_parameter("torch_threads", 0, params.TORCH_THREADS)
+        # rate_hz, hysteresis_count, ... as typed parameters; changes apply at the next decode
+        self.config = params.declare_config_parameters(
+            self, "planner_node", load_robot_config(self.get_parameter("config").value), read_only=("enabled",),
+            apply=self._apply)
         if predictor is None:
             set_torch_threads(self.get_parameter("torch_threads").value)
         self.predictor = predictor or load_predictor(self.config, self.get_parameter("checkpoint").value or None)
@@ -57,12 +59,23 @@ class PlannerNode(Node):
             self.create_subscription(msg_type, camera.topic,
                                      lambda msg, name=camera.name: self._on_image(name, msg),
                                      qos_profile_sensor_data)
-        self.create_subscription(String, TASK_TOPIC, self._on_task, 10)
+        self.create_subscription(String, TASK_TOPIC, self._on_task, LATCHED_QOS)
         self.subtask_pub = self.create_publisher(Subtask, SUBTASK_TOPIC, 10)
         self.decodes = 0
         # Decoding takes a while; its own callback group keeps it off the image callbacks.
-        self.create_timer(1.0 / self.config.planner.rate_hz, self._plan,
-                          callback_group=MutuallyExclusiveCallbackGroup())
+        self._plan_group = MutuallyExclusiveCallbackGroup()
+        self._timer = self.create_timer(1.0 / self.config.planner.rate_hz, self._plan, callback_group=self._plan_group)
+
+    def _apply(self, config) -> None:
+        """A changed planner parameter (ros.parameters checked it): the new settings from now on."""
+        with self._lock:
+            rate_changed = config.planner.rate_hz != self.config.planner.rate_hz
+            self.config = config
+            self.filter.hysteresis_count = config.planner.hysteresis_count
+            self.filter.max_chars = config.planner.max_subtask_chars
+        if rate_changed:
+            self.destroy_timer(self._timer)
+            self._timer = self.create_timer(1.0 / config.planner.rate_hz, self._plan, callback_group=self._plan_group)
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

@@ -20,6 +20,10 @@ rejected with an ERROR diagnostic, and the node holds until a usable one arrives
 On a stop request (node_main calls prepare_to_exit) the node stops its inference thread and
 holds before the process exits.
 
+Parameters: config, checkpoint, autostart, torch_threads (read-only), and the policy_node
+block of the config as typed parameters (chunk.*, sync.*, model.*, default_instruction; see
+ros.parameters), read at configure and changeable only while unconfigured.
+
 Everything between messages and commands happens in runtime.PolicyLoop (the same code
 the rosbag evaluator runs); this file only moves data between ROS and that loop.
 Inference runs on a worker thread so the executor keeps receiving messages meanwhile.
@@ -34,10 +38,8 @@ from collections import deque
 from dataclasses import replace
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Twist
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -49,9 +51,11 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla_ros.msg import ActionChunk as ActionChunkMsg
 from ki_vla_ros.msg import Subtask
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros import parameters as params
+from ki_vla_ros.ros.dds import LATCHED_QOS
 from ki_vla_ros.runtime.chunking import Trajectory, chunk_period_warning
-from ki_vla_ros.runtime.commands import joint_trajectory_commands
-from ki_vla_ros.runtime.config import RobotConfig, load_robot_config
+from ki_vla_ros.runtime.commands import TwistCommand, joint_trajectory_commands
+from ki_vla_ros.runtime.config import ConfigError, RobotConfig, load_robot_config
 from ki_vla_ros.runtime.input_health import InputHealth
 from ki_vla_ros.runtime.instruction import InstructionError, check_instruction, shorten
 from ki_vla_ros.runtime.model_loading import load_predictor, set_torch_threads
@@ -78,23 +82,20 @@ def percentile_ms(values, q: float) -> float:
 class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = "policy_node", *, predictor=None, context=None, **node_kwargs):
         super().__init__(node_name, context=context, **node_kwargs)
-        self.declare_parameter("config", "single_arm", ParameterDescriptor(
-            description="robot config: a name in the package's config/ (single_arm, bimanual, "
-                        "mobile) or a path to a YAML file"))
-        self.declare_parameter("checkpoint", "", ParameterDescriptor(
-            description="model checkpoint directory or 'tiny'; empty = model.checkpoint from the config"))
-        self.declare_parameter("autostart", True, ParameterDescriptor(
-            description="configure and activate on startup"))
-        self.declare_parameter("torch_threads", 0, ParameterDescriptor(
-            description="torch CPU threads for the model; 0 = auto (a quarter of the cores, at least 1)"))
+        self._active = threading.Event()  # before the parameters: a bad one ends __init__ early
+        self._stop = threading.Event()
+        self._new_observation = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.declare_parameter("config", "single_arm", params.CONFIG)
+        self.declare_parameter("checkpoint", "", params.fixed(
+            "model checkpoint directory or 'tiny'; empty = model.checkpoint from the config"))
+        self.declare_parameter("autostart", True, params.fixed("configure and activate on startup"))
+        self.declare_parameter("torch_threads", 0, params.TORCH_THREADS)
+        self._declare_tunables()
         self._shared_predictor = predictor  # one model for policy + planner in one process
         self.config: RobotConfig | None = None
         self.policy: Policy | None = None
         self.loop: PolicyLoop | None = None
-        self._active = threading.Event()
-        self._stop = threading.Event()
-        self._new_observation = threading.Event()
-        self._worker: threading.Thread | None = None
         self.inference_ms: deque[float] = deque(maxlen=1000)
         self.obs_to_command_ms: deque[float] = deque(maxlen=1000)
         self.chunk_times_s: deque[float] = deque(maxlen=50)
@@ -119,10 +120,26 @@ class PolicyNode(LifecycleNode):
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
 
+    def _declare_tunables(self) -> None:
+        """chunk.*, sync.*, model.*, default_instruction as typed parameters (ros.parameters),
+        defaults from the config's YAML. They are read at configure, so they can be changed
+        while the node is unconfigured; a config that does not load is reported by configure."""
+        try:
+            params.declare_config_parameters(self, "policy_node", load_robot_config(self.get_parameter("config").value),
+                                             busy=self._why_not_now)
+        except ConfigError:
+            pass
+
+    def _why_not_now(self) -> str:
+        return "" if self.loop is None else (
+            f"the policy node reads it at configure and is {self.state}: deactivate and clean up the node, "
+            "set it, then configure again")
+
     # ------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self.config = load_robot_config(self.get_parameter("config").value)
+            self.config = params.parameter_values(self, "policy_node",
+                                                  load_robot_config(self.get_parameter("config").value))
             checkpoint = self.get_parameter("checkpoint").value or None
             self.get_logger().info(f"configuring: loading model "
                                    f"{checkpoint or self.config.model.checkpoint!r} for robot '{self.config.name}'")
@@ -222,7 +239,7 @@ class PolicyNode(LifecycleNode):
                                       qos_profile_sensor_data))
         if ODOM in sync_inputs(c):
             keep(self.create_subscription(Odometry, c.odom_topic, self._on_odom, qos_profile_sensor_data))
-        keep(self.create_subscription(String, INSTRUCTION_TOPIC, lambda m: self._set_prompt(m.data), 10))
+        keep(self.create_subscription(String, INSTRUCTION_TOPIC, lambda m: self._set_prompt(m.data), LATCHED_QOS))
         keep(self.create_subscription(Subtask, SUBTASK_TOPIC, lambda m: self._set_prompt(m.subtask), 10))
         self.chunk_pub = self.create_lifecycle_publisher(ActionChunkMsg, ACTION_CHUNK_TOPIC, 10)
         keep(self.chunk_pub)
@@ -231,7 +248,7 @@ class PolicyNode(LifecycleNode):
         self._interfaces.extend(self.trajectory_pubs.values())
         self.twist_pub = None
         if c.base_group is not None:
-            self.twist_pub = self.create_lifecycle_publisher(Twist, c.base_group.policy_topic, 10)
+            self.twist_pub = self.create_lifecycle_publisher(conv.twist_type(c.base_group), c.base_group.policy_topic, 10)
             keep(self.twist_pub)
             keep(self.create_timer(1.0 / c.control_rate_hz, self._stream_twist))
         keep(self.create_timer(WATCHDOG_PERIOD_S, self._watchdog))
@@ -325,7 +342,7 @@ class PolicyNode(LifecycleNode):
             try:
                 self._act_once()
             except Exception as error:  # keep the node alive; never leave motion running blindly
-                self._hold(f"unexpected error: {error!r}")
+                self._hold(f"unexpected error: {type(error).__name__}: {error}")
 
     def _act_once(self) -> None:
         if self.instruction_error:
@@ -377,7 +394,7 @@ class PolicyNode(LifecycleNode):
             return
         command = self.loop.twist_now(self.now_s())
         if command is not None:
-            self.twist_pub.publish(conv.twist_msg(command))
+            self.twist_pub.publish(conv.twist_msg(command, self.config.base_group.stamped))
             self.commands_published += 1
             self.last_command_s = self.now_s()
 
@@ -402,7 +419,8 @@ class PolicyNode(LifecycleNode):
                     replace(p, time_from_start_s=self.config.chunk.step_duration_s) for p in command.points))
                 self.trajectory_pubs[command.group].publish(conv.joint_trajectory_msg(held))
         if self.twist_pub is not None:
-            self.twist_pub.publish(Twist())
+            self.twist_pub.publish(conv.twist_msg(TwistCommand(self.config.base_group.name, now_s),
+                                                  self.config.base_group.stamped))
 
     # ------------------------------------------------------------ diagnostics
     def diagnosis(self) -> tuple[int, str]:
@@ -453,7 +471,7 @@ class PolicyNode(LifecycleNode):
                 **{f"sync.{result}": count for result, count in sorted(counters.sync_results.items())},
                 **{f"error.{source}": shorten(message, 300) for source, message in sorted(counters.errors.items())},
             })
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        status.values = conv.key_values(values)
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]

@@ -2,9 +2,9 @@
 
 Stands in for ros2_control + cameras + base, from the same robot config as the real
 robot (ki_vla_ros/sim has the simulation): it follows JointTrajectory commands on each
-group's controller_topic like joint_trajectory_controller, a Twist on a base group's
+group's controller_topic like joint_trajectory_controller, a Twist or TwistStamped on a base group's
 controller_topic, publishes /joint_states (and /odom for a mobile base) at the control
-rate, and renders the configured cameras (raw rgb8 or JPEG CompressedImage, as the
+rate (reliable, see ros.dds), and renders the configured cameras (raw rgb8 or JPEG CompressedImage, as the
 config says) of a table with colored blocks.
 
 It also reports, for the demo and tests, how far the grippers are from the block named
@@ -25,16 +25,16 @@ import math
 import sys
 
 import cv2
-from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla_ros.ros import conversions as conv
+from ki_vla_ros.ros import parameters as params
+from ki_vla_ros.ros.dds import LATCHED_QOS, sensor_publisher_qos
 from ki_vla_ros.runtime.topics import INSTRUCTION_TOPIC
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.sim.robot import SimRobot
@@ -42,16 +42,17 @@ from ki_vla_ros.sim.robot import SimRobot
 
 SENSOR_FAULTS = ("none", "nan_state", "stale_stamps", "stall_camera", "bad_image")
 STALE_STAMP_OFFSET_S = 5.0
+MAX_CATCH_UP_S = 1.0  # at most this much of missed controller ticks is published tick by tick
 
 
 class SimRobotNode(Node):
     def __init__(self, node_name: str = "sim_robot", *, context=None, **node_kwargs):
         super().__init__(node_name, context=context, **node_kwargs)
-        self.declare_parameter("config", "single_arm", ParameterDescriptor(
-            description="robot config: a name in the package's config/ or a path to a YAML file"))
-        self.declare_parameter("seed", 0, ParameterDescriptor(description="scene seed (block placement)"))
-        self.declare_parameter("camera_rate_hz", 10.0, ParameterDescriptor(
-            description="camera frame rate (Hz); joint states run at the config's control_rate_hz"))
+        self.declare_parameter("config", "single_arm", params.CONFIG)
+        self.declare_parameter("seed", 0, params.fixed("scene seed (block placement)"))
+        self.declare_parameter("camera_rate_hz", 10.0, params.fixed(
+            "camera frame rate (Hz); joint states run at the config's control_rate_hz",
+            floating_point_range=[FloatingPointRange(from_value=0.1, to_value=120.0, step=0.0)]))
         self.config = load_robot_config(self.get_parameter("config").value)
         self.robot = SimRobot(self.config, seed=self.get_parameter("seed").value, start_time_s=self.now_s())
         self.target = ""
@@ -63,17 +64,19 @@ class SimRobotNode(Node):
                 self.create_subscription(JointTrajectory, group.controller_topic,
                                          lambda msg, g=group.name: self._on_trajectory(g, msg), 10)
             else:
-                self.create_subscription(Twist, group.controller_topic, self._on_twist, 10)
-        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, 10)
+                self.create_subscription(conv.twist_type(group), group.controller_topic, self._on_twist, 10)
+        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED_QOS)
         self.fault = "none"
         self.fault_since_s = None  # sim time of the first message the current fault affects
         self.create_subscription(String, "~/inject_fault", self._on_fault, 10)
-        self.joint_pub = self.create_publisher(JointState, self.config.joint_states_topic, qos_profile_sensor_data)
-        self.odom_pub = (self.create_publisher(Odometry, self.config.odom_topic, qos_profile_sensor_data)
+        # deep enough for a catch-up burst of MAX_CATCH_UP_S of ticks (see _advance)
+        state_qos = sensor_publisher_qos(int(self.config.control_rate_hz * MAX_CATCH_UP_S) + 10)
+        self.joint_pub = self.create_publisher(JointState, self.config.joint_states_topic, state_qos)
+        self.odom_pub = (self.create_publisher(Odometry, self.config.odom_topic, state_qos)
                          if self.config.odom_topic else None)
         self.camera_pubs = {
             c.name: self.create_publisher(Image if c.message_type == "raw" else CompressedImage, c.topic,
-                                          qos_profile_sensor_data)
+                                          sensor_publisher_qos())
             for c in self.config.cameras}
         self.status_pub = self.create_publisher(String, "~/status", 10)
         self.create_timer(1.0 / self.config.control_rate_hz, self._publish_state)
@@ -88,14 +91,15 @@ class SimRobotNode(Node):
         command = conv.joint_trajectory_from_msg(msg, group)
         start_s = command.start_time_s if command.start_time_s > 0 else self.now_s()
         try:
-            self.robot.step(self.now_s())
+            self._advance(self.now_s())
             self.robot.command_trajectory(group, start_s, command.points, command.joint_names)
             self.commands_received += 1
         except ValueError as error:
             self.get_logger().error(f"trajectory for '{group}' rejected: {error}", throttle_duration_sec=2.0)
 
-    def _on_twist(self, msg: Twist) -> None:
-        self.robot.command_twist(msg.linear.x, msg.linear.y, msg.angular.z, self.now_s())
+    def _on_twist(self, msg) -> None:
+        """A Twist or TwistStamped, as the base group's twist_type says."""
+        self.robot.command_twist(*conv.twist_values(msg), self.now_s())
         self.commands_received += 1
 
     def _on_instruction(self, msg: String) -> None:
@@ -110,8 +114,25 @@ class SimRobotNode(Node):
         self.get_logger().warning(f"injected sensor fault: {self.fault}")
 
     def _publish_state(self) -> None:
-        if self.robot.step(self.now_s()) == 0 and self._state_published:
-            return  # no controller tick since the last message: same stamp, nothing new
+        self._advance(self.now_s())
+        if not self._state_published:
+            self._publish_tick()  # the state before the first tick
+
+    def _advance(self, now_s: float) -> None:
+        """Run the controller ticks up to now_s and publish the joint states (and odometry) of
+        every tick, as joint_state_broadcaster does each controller update: a timer that fires
+        late sends the ticks it missed (with their own stamps) instead of skipping them. More
+        than MAX_CATCH_UP_S behind (a clock jump): one step to now_s and one message."""
+        dt = 1.0 / self.config.control_rate_hz
+        if now_s - self.robot.time_s > MAX_CATCH_UP_S:
+            self.robot.step(now_s)
+            self._publish_tick()
+            return
+        # one tick per step: aim half a tick past the next one (epoch-sized times have ~1e-6 s ulp)
+        while self.robot.time_s + dt <= now_s + 1e-9 and self.robot.step(min(now_s, self.robot.time_s + 1.5 * dt)):
+            self._publish_tick()
+
+    def _publish_tick(self) -> None:
         self._state_published = True
         stamp_s = self.robot.time_s - (STALE_STAMP_OFFSET_S if self.fault == "stale_stamps" else 0.0)
         stamp = conv.s_to_time(self.robot.time_s)
@@ -130,7 +151,8 @@ class SimRobotNode(Node):
             self.odom_pub.publish(odom)
 
     def _publish_images(self) -> None:
-        images = self.robot.images(self.now_s())
+        self._advance(self.now_s())
+        images = self.robot.images()
         stamp = conv.s_to_time(self.robot.time_s)
         for index, camera in enumerate(self.config.cameras):
             rgb = images[camera.name]

@@ -5,7 +5,10 @@ observation was taken. By the time the chunk exists the model has run for a whil
 
 1. Latency compensation: steps whose time has passed are dropped,
    kept = {k : start_time_s + k * dt >= now_s}. Executing them late would replay the
-   past and lag the whole chunk by the inference latency.
+   past and lag the whole chunk by the inference latency. A chunk whose last kept step is
+   due less than ARRIVAL_MARGIN_S after now is not executed at all: its trajectory would
+   reach the controller after its end, and joint_trajectory_controller rejects a
+   trajectory that ends in the past.
 2. Blending: the new chunk's first `blend_steps` kept steps are cross-faded from the
    trajectory being executed, sampled at the same instants:
        a_k = (1 - w_k) * old(t_k) + w_k * new_k,   w_k = (k + 1) / (blend_steps + 1)
@@ -42,6 +45,9 @@ from ki_vla_ros.runtime.config import ChunkConfig
 # Two clocks that should agree (a stamp and now_s) differ by rounding; a step due within
 # a nanosecond of now has not passed.
 TIME_TOLERANCE_S = 1e-9
+# The shortest time between publishing a trajectory and its end: delivery to the controller
+# (about 1 ms on one machine, a few ms over a network) plus headroom.
+ARRIVAL_MARGIN_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,12 @@ class ChunkScheduler:
             return ChunkPlan(None, dropped, 0, reason=(
                 f"all {dropped} steps of the chunk from {chunk.stamp_s:.6f} s had passed at "
                 f"{now_s:.6f} s (latency {now_s - chunk.stamp_s:.3f} s)"))
+        if trajectory.end_time_s < now_s + ARRIVAL_MARGIN_S:
+            return ChunkPlan(None, dropped, 0, reason=(
+                f"the chunk from {chunk.stamp_s:.6f} s ends at {trajectory.end_time_s:.6f} s, "
+                f"{(trajectory.end_time_s - now_s) * 1e3:.1f} ms after now (latency {now_s - chunk.stamp_s:.3f} s); "
+                f"a trajectory must end at least ARRIVAL_MARGIN_S = {ARRIVAL_MARGIN_S * 1e3:.0f} ms after it is "
+                "sent, or it arrives after its end and the controller rejects it"))
         blend_steps = self.config.blend_steps if self.config.mode == "blend" else 0  # rtc: the model stitched
         blended = 0 if self._current is None else min(blend_steps, trajectory.num_steps)
         return ChunkPlan(blend(self._current, trajectory, blend_steps), dropped, blended)

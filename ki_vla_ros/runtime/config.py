@@ -14,7 +14,7 @@ evaluator through `load_robot_config`. So it follows the rules of ROS parameter 
         joint_limits: {<joint>: {lower, upper, max_velocity}}
         cameras: {<name>: {topic, message_type, slot, width?, height?}}
         action_groups: {<name>: {kind, controller_topic, policy_topic, teleop_topic,
-                                 joints | dims + max_velocity + max_acceleration}}
+                                 joints | dims + max_velocity + max_acceleration + twist_type?}}
     policy_node:
       ros__parameters: {chunk: {...}, sync: {...}, model: {...}, default_instruction}
     planner_node:
@@ -40,7 +40,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -69,9 +69,10 @@ def _show(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field whose description doubles as the ROS parameter description."""
-    return field(metadata={"description": text}, **kwargs)
+def _doc(text: str, range: tuple[float, float] | None = None, **kwargs: Any) -> Any:
+    """A dataclass field whose description doubles as the ROS parameter description; range:
+    the (inclusive) bounds its ROS parameter declares (the exact rules are in _check)."""
+    return field(metadata={"description": text, "range": range}, **kwargs)
 
 
 # ----------------------------------------------------------------------------- schema
@@ -103,7 +104,7 @@ class ActionGroupConfig:
     name: str
     kind: Literal["joint_trajectory", "base_twist"] = _doc(
         "trajectory_msgs/JointTrajectory for a joint_trajectory_controller, or "
-        "geometry_msgs/Twist for a mobile base")
+        "a velocity (Twist or TwistStamped, see twist_type) for a mobile base")
     controller_topic: str = _doc("topic the controller listens on (the command_mux output)")
     policy_topic: str = _doc("topic the policy node publishes this group on (mux input)")
     teleop_topic: str = _doc("topic teleoperation publishes this group on (mux input)")
@@ -113,28 +114,38 @@ class ActionGroupConfig:
         "base_twist: largest |velocity| per dim (m/s, rad/s)", default=())
     max_acceleration: tuple[float, ...] = _doc(
         "base_twist: largest velocity change per second per dim (m/s^2, rad/s^2)", default=())
+    twist_type: Literal["twist_stamped", "twist"] | None = _doc(
+        "base_twist: the message on all three topics: geometry_msgs/TwistStamped ('twist_stamped', the "
+        "default: the base controllers of ROS 2 Jazzy and newer take it) or geometry_msgs/Twist ('twist')",
+        default=None)
+
+    @property
+    def stamped(self) -> bool:
+        """A base group commanded with geometry_msgs/TwistStamped (the default) rather than Twist."""
+        return self.kind == "base_twist" and self.twist_type != "twist"
 
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    horizon_steps: int = _doc("how many of the model's action steps are used")
-    execute_steps: int = _doc("request the next chunk once this many steps have run")
-    min_remaining_steps: int = _doc("also request when fewer steps than this remain")
-    step_duration_s: float = _doc("time between two action steps (s)")
-    blend_steps: int = _doc("steps over which a new chunk is cross-faded in (0 = none; mode blend only)")
+    horizon_steps: int = _doc("how many of the model's action steps are used", range=(1, 1000))
+    execute_steps: int = _doc("request the next chunk once this many steps have run", range=(1, 1000))
+    min_remaining_steps: int = _doc("also request when fewer steps than this remain", range=(0, 999))
+    step_duration_s: float = _doc("time between two action steps (s)", range=(0.0, 10.0))
+    blend_steps: int = _doc("steps over which a new chunk is cross-faded in (0 = none; mode blend only)",
+                            range=(0, 1000))
     mode: Literal["blend", "rtc"] = _doc(
         "how a new chunk joins the running one: blend (cross-fade blend_steps) or rtc (real-time chunking: "
         "the model samples the new chunk guided toward the running one)", default="blend")
     rtc_margin_steps: int = _doc(
         "rtc: steps added to the measured delay (p90 latency / step_duration_s, rounded up); an "
-        "under-estimate makes the robot jump", default=1)
+        "under-estimate makes the robot jump", default=1, range=(0, 1000))
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    queue_size: int = _doc("messages kept per synchronized input")
-    slop_s: float = _doc("largest stamp difference within one observation (s)")
-    max_age_s: float = _doc("observations older than this are never acted on (s)")
+    queue_size: int = _doc("messages kept per synchronized input", range=(1, 10000))
+    slop_s: float = _doc("largest stamp difference within one observation (s)", range=(0.0, 10.0))
+    max_age_s: float = _doc("observations older than this are never acted on (s)", range=(0.0, 60.0))
 
 
 @dataclass(frozen=True)
@@ -178,27 +189,27 @@ class PolicyNodeParams:
 @dataclass(frozen=True)
 class PlannerConfig:
     enabled: bool = _doc("run the language planner (high-level task -> subtask)")
-    rate_hz: float = _doc("subtask decoding rate (Hz)")
-    hysteresis_count: int = _doc("consecutive identical decodes before the subtask changes")
-    max_new_tokens: int = _doc("longest subtask in tokens")
+    rate_hz: float = _doc("subtask decoding rate (Hz)", range=(0.0, 100.0))
+    hysteresis_count: int = _doc("consecutive identical decodes before the subtask changes", range=(1, 100))
+    max_new_tokens: int = _doc("longest subtask in tokens", range=(1, 1024))
     max_subtask_chars: int = _doc(
-        "a decoded subtask longer than this is treated as garbage and ignored", default=200)
+        "a decoded subtask longer than this is treated as garbage and ignored", range=(1, 10000), default=200)
     max_image_age_s: float = _doc(
         "plan only on camera images at most this old; the subtask is a slow, high-level decision, so "
-        "this is looser than the policy's sync.max_age_s (s)", default=1.0)
+        "this is looser than the policy's sync.max_age_s (s)", range=(0.0, 60.0), default=1.0)
 
 
 @dataclass(frozen=True)
 class MuxConfig:
     initial_mode: Literal["teleop", "policy", "hold"] = _doc("mode at startup")
-    teleop_timeout_s: float = _doc("teleop silent this long -> hold (s)")
-    policy_timeout_s: float = _doc("policy silent this long -> hold (s)")
-    max_step_rad: float = _doc("largest joint step in the output stream, e.g. at hand-off (rad)")
+    teleop_timeout_s: float = _doc("teleop silent this long -> hold (s)", range=(0.0, 60.0))
+    policy_timeout_s: float = _doc("policy silent this long -> hold (s)", range=(0.0, 60.0))
+    max_step_rad: float = _doc("largest joint step in the output stream, e.g. at hand-off (rad)", range=(0.0, 3.15))
     ramp_step_duration_s: float = _doc(
         "time per inserted hand-off ramp step, and time to reach a hold point; ramp speed is "
-        "max_step_rad / ramp_step_duration_s (s)", default=0.1)
+        "max_step_rad / ramp_step_duration_s (s)", range=(0.0, 10.0), default=0.1)
     joint_state_max_age_s: float = _doc(
-        "a measured joint state older than this is not used to start or hold (s)", default=0.5)
+        "a measured joint state older than this is not used to start or hold (s)", range=(0.0, 60.0), default=0.5)
 
 
 NODE_BLOCKS: dict[str, type] = {
@@ -534,9 +545,10 @@ def _check(config: RobotConfig, source: str) -> None:
     for group in config.action_groups:
         path = f"{shared}.action_groups.{group.name}"
         if group.kind == "joint_trajectory":
-            for key in ("dims", "max_velocity", "max_acceleration"):
+            for key in ("dims", "max_velocity", "max_acceleration", "twist_type"):
                 if getattr(group, key):
-                    fail(f"{path}.{key}", list(getattr(group, key)),
+                    value = getattr(group, key)
+                    fail(f"{path}.{key}", value if isinstance(value, str) else list(value),
                          "no value: only base_twist groups have it")
             if not group.joints:
                 fail(f"{path}.joints", list(group.joints), "at least one joint")
@@ -633,6 +645,93 @@ def _check(config: RobotConfig, source: str) -> None:
             fail(f"{mux}.{key}", value, "a value > 0")
 
 
-def parameter_descriptions(schema: type) -> dict[str, str]:
-    """Field name -> description, for declaring ROS parameters from the same schema."""
-    return {f.name: f.metadata.get("description", "") for f in fields(schema) if f.name != "name"}
+# ----------------------------------------------------------------------------- ROS parameters
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One tunable of a node block as a ROS parameter: `chunk.execute_steps` for the YAML's
+    policy_node: {ros__parameters: {chunk: {execute_steps: ...}}}, as a parameter file names it."""
+
+    name: str
+    kind: type  # bool, int, float or str
+    description: str
+    value: Any  # the config's value: the YAML is the single source of defaults
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()  # a Literal's values
+
+
+def _block_value(config: RobotConfig, node: str) -> Any:
+    """The parsed node block of `config` (a PolicyNodeParams, PlannerConfig or MuxConfig)."""
+    if node == "policy_node":
+        return PolicyNodeParams(config.chunk, config.sync, config.model, config.default_instruction)
+    if node == "planner_node":
+        return config.planner
+    if node == "command_mux":
+        return config.mux
+    raise ValueError(f"no parameters for node {node!r}; expected policy_node, planner_node or command_mux")
+
+
+def node_parameters(config: RobotConfig, node: str) -> list[ParameterSpec]:
+    """The tunables of `node`'s block (scalars, nested blocks flattened with dots), with the
+    config's values, descriptions and ranges."""
+    specs = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in fields(obj):
+            hint, value, name = hints[f.name], getattr(obj, f.name), prefix + f.name
+            if hasattr(hint, "__dataclass_fields__"):
+                walk(value, name + ".")
+                continue
+            choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+            kind = str if choices else hint
+            specs.append(ParameterSpec(name, kind, f.metadata.get("description", ""), value,
+                                       f.metadata.get("range"), tuple(choices)))
+
+    walk(_block_value(config, node), "")
+    return specs
+
+
+def with_node_parameters(config: RobotConfig, node: str, values: Mapping[str, Any]) -> RobotConfig:
+    """`config` with some of `node`'s tunables changed ({"chunk.execute_steps": 3}); checked as the
+    YAML is, so a bad value raises ConfigError naming the key path, the value and what was expected."""
+    block = _block_value(config, node)
+    raw = _to_raw(block)
+    for name, value in values.items():
+        *parents, key = name.split(".")
+        target = raw
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[key] = value
+    path = f"{node}.{PARAMS_KEY}"
+    parsed = _parse_dataclass(type(block), _drop_defaults(type(block), raw), path, config.source)
+    if node == "policy_node":
+        changed = replace(config, chunk=parsed.chunk, sync=parsed.sync, model=parsed.model,
+                          default_instruction=parsed.default_instruction)
+    else:
+        changed = replace(config, **{"planner" if node == "planner_node" else "mux": parsed})
+    _check(changed, config.source)
+    return changed
+
+
+def _to_raw(obj: Any) -> dict[str, Any]:
+    return {f.name: (_to_raw(v) if hasattr(v, "__dataclass_fields__") else v)
+            for f in fields(obj) for v in [getattr(obj, f.name)]}
+
+
+def _drop_defaults(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """raw without the optional keys that hold their default (ROS has no null and an empty string
+    is no value: a parameter at its default means the key left out)."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        value = raw[f.name]
+        if hasattr(hints[f.name], "__dataclass_fields__") and isinstance(value, dict):
+            value = _drop_defaults(hints[f.name], value)
+        elif f.default is not MISSING and value == f.default:
+            continue
+        out[f.name] = value
+    return out

@@ -39,6 +39,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from ki_vla_ros.model.checkpoint import respect_umask
 from ki_vla_ros.model.fast import FASTTokenizer
 from ki_vla_ros.model.normalize import NormStats, load_norm_stats, normalize, save_norm_stats, to_delta
 
@@ -291,6 +292,7 @@ class EpisodeDataset:
         for i, ep in enumerate(episodes):
             tensors, entry = _episode_tensors(ep, i, meta)
             save_file(tensors, str(root / EPISODES_DIR / episode_file_name(i)))
+            respect_umask(root / EPISODES_DIR / episode_file_name(i))
             entries.append(entry)
         if not entries:
             raise DatasetError(f"no episodes to write to {root}; expected at least one")

@@ -58,6 +58,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ki_vla_ros.model.checkpoint import respect_umask
 from ki_vla_ros.model.config import RECIPES
 from ki_vla_ros.model.network import KIVLA, TrainingBatch
 from ki_vla_ros.train.batching import collate
@@ -525,6 +526,7 @@ def _write_checkpoint(directory: Path, model: KIVLA, weights: dict[str, torch.Te
             else:
                 scalars.setdefault(name, {})[key] = value
     save_file(tensors, str(directory / TRAINER_STATE_TENSORS), metadata={"format": _STATE_FORMAT})
+    respect_umask(directory / TRAINER_STATE_TENSORS)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
     np_state = np.random.get_state(legacy=False)
     py_version, py_internal, py_gauss = random.getstate()

@@ -25,6 +25,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from episode_bags import COMMAND_GRID_S, commanded_actions
 from ki_vla_ros.runtime.topics import INSTRUCTION_TOPIC
+from ki_vla_ros.ros.dds import LATCHED_QOS
 from ki_vla_ros.ros.graph import spin_until
 from ki_vla_ros.runtime.config import load_robot_config
 
@@ -45,7 +46,7 @@ def main() -> None:
     node = Node("command_publisher")
     publishers = {g.controller_topic: (g, node.create_publisher(JointTrajectory, g.controller_topic, 10))
                   for g in config.action_groups}
-    instruction = node.create_publisher(String, INSTRUCTION_TOPIC, 10)
+    instruction = node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
     everything = [p for _, p in publishers.values()] + [instruction]
     spin_until(node, lambda: all(p.get_subscription_count() >= args.subscribers for p in everything),
                30.0, f"{args.subscribers} subscribers on every command topic")

@@ -71,9 +71,13 @@ def write_episode_bag(path, config: RobotConfig | None = None, storage: str = "m
                       start_s: float = 1000.0, duration_s: float = 2.0, camera_hz: float = 10.0,
                       joint_hz: float = 50.0, command_period_s: float = 0.5, commands: bool = True,
                       joint_names=None, command_joint_names=None, drop_topics=(),
-                      instruction: str | None = "wave the arm", still_joints=()) -> Episode:
+                      instruction: str | None = "wave the arm", still_joints=(), stamp_offsets_s=None,
+                      raw_encoding: str = "rgb8") -> Episode:
     """Simulate and write one episode. Commands reach a horizon past the end of the bag,
-    so every chunk of the episode has a recorded target at each of its steps."""
+    so every chunk of the episode has a recorded target at each of its steps.
+    stamp_offsets_s: {camera topic: seconds added to its header stamps} (a driver's wrong clock);
+    raw_encoding: the encoding raw images claim to have (their bytes stay rgb8)."""
+    stamp_offsets_s = stamp_offsets_s or {}
     config = config or arm_config()
     dt = config.chunk.step_duration_s
     steps = config.chunk.horizon_steps + int(round(command_period_s / dt)) + 1
@@ -119,8 +123,13 @@ def write_episode_bag(path, config: RobotConfig | None = None, storage: str = "m
                 images = robot.images()
                 for camera in config.cameras:
                     rgb = images[camera.name]
-                    write(camera.topic, t_ns, make_image(store, t_s, rgb) if camera.message_type == "raw"
-                          else make_compressed_image(store, t_s, rgb))
+                    stamp_s = t_s + stamp_offsets_s.get(camera.topic, 0.0)
+                    if camera.message_type == "raw":
+                        msg = make_image(store, stamp_s, rgb)
+                        msg.encoding = raw_encoding
+                    else:
+                        msg = make_compressed_image(store, stamp_s, rgb)
+                    write(camera.topic, t_ns, msg)
             if commands and due(command_period_s, tick):
                 plan = commanded_actions(config, t_s + dt * np.arange(steps), still_joints)
                 for group in config.action_groups:

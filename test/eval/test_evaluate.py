@@ -157,3 +157,43 @@ def test_eval_bag_command_runs_the_tiny_model_and_writes_report_plots_and_summar
     for name in ("error_vs_horizon.png", "window_worst.png", "window_best.png"):
         image = cv2.imread(str(out / name))
         assert image is not None and image.shape[0] > 100, name
+
+
+def test_a_camera_whose_stamps_are_offset_is_named_with_the_offset(tmp_path):
+    """Regression: the error was '0 synchronized sets, 0 invalid, 0 policy errors; reasons: none'."""
+    wrist = CONFIG.camera("wrist").topic
+    episode = write_episode_bag(tmp_path / "episode", stamp_offsets_s={wrist: -30.0})
+    report = evaluate([episode.path], commands_oracle(), tmp_path / "report")
+    error = report["failed_bags"][0]["error"]
+    assert "0 synchronized sets" in error
+    assert f"'{wrist}' stamps are 30.000 s behind '/joint_states'" in error, error
+    assert f"sync.slop_s = {CONFIG.sync.slop_s} s" in error
+
+
+def test_an_unsupported_image_encoding_names_the_topic_and_the_camera(tmp_path):
+    base = CONFIG.camera("base").topic
+    episode = write_episode_bag(tmp_path / "episode", raw_encoding="16UC1")
+    report = evaluate([episode.path], commands_oracle(), tmp_path / "report")
+    error = report["failed_bags"][0]["error"]
+    assert f"{base}: camera 'base' image is" in error and "16UC1" in error, error
+
+
+def test_eval_bag_of_a_missing_bag_says_so_once_and_writes_no_report(tmp_path):
+    missing = tmp_path / "no_such_bag"
+    run = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "eval-bag", str(missing), "--config",
+                          str(CONFIG_PATH), "--checkpoint", "tiny", "--out", str(tmp_path / "report")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.count(str(missing)) == 1 and "no such file or directory" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and "FAILED" not in run.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_failed_bag_is_reported_once(tmp_path):
+    renamed = write_episode_bag(tmp_path / "renamed", duration_s=0.3, joint_names=["a", "b", "c", "d"]).path
+    run = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "eval-bag", str(renamed), "--config",
+                          str(CONFIG_PATH), "--checkpoint", "tiny", "--out", str(tmp_path / "report"),
+                          "--torch-threads", "1", "--no-plots"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 1
+    assert (run.stdout + run.stderr).count(f"FAILED {renamed}") == 1, run.stdout + run.stderr
+    assert f"FAILED {renamed}" in run.stderr

@@ -95,6 +95,19 @@ def test_record_on_the_live_sim_graph_then_eval_bag_round_trips(tmp_path, ros_en
                                  + 0.1 * np.arange(len(first.points)))[:, :3]
     assert np.array_equal(np.array([p.positions for p in first.points]), expected)  # exact bytes
 
+    # the end-of-recording table: per topic count, rate, longest gap; sensors also stamp gaps
+    with Bag(bag_path) as bag:
+        table = {line.split()[-1]: line.split() for line in recorder_out.splitlines()
+                 if line.split() and line.split()[-1] in bag.topics}
+        for topic in bag.topics:
+            assert int(table[topic][0]) == bag.topic_count(topic), (topic, recorder_out)
+    for topic in SENSOR_TOPICS:
+        count, rate_hz, max_gap_ms, gaps, missing = table[topic][:5]
+        assert float(rate_hz) > 0 and float(max_gap_ms) > 0 and gaps.isdigit() and missing.isdigit(), table[topic]
+    assert "JointState, reliable, volatile, depth 1000)" in recorder_out
+    # the sim publishes every controller tick, reliably: the stamps have no hole
+    assert table["/joint_states"][3:5] == ["0", "0"], recorder_out[-3000:]  # /joint_states, from the sim's reliable publisher
+
     oracle = TrajectoryOraclePolicy(CONFIG, lambda times: commanded_actions(CONFIG, times))
     report = evaluate_bags([bag_path], CONFIG, oracle, tmp_path / "report", progress=False, plots=False)
     assert report["totals"]["bags_ok"] == 1, report["failed_bags"]
@@ -102,6 +115,34 @@ def test_record_on_the_live_sim_graph_then_eval_bag_round_trips(tmp_path, ros_en
     assert report["overall"]["compared"] > 0
     # float64 seconds of wall time resolve ~0.2 us: errors of 1e-8 of a joint range, not 0
     assert report["overall"]["mae_normalized"] < 1e-6
+
+
+def test_recording_stats_count_the_messages_missing_from_a_sensor_topic_and_warn():
+    """Stamps every 20 ms with two holes (one and three messages missing) -> 2 gaps, 4 missing,
+    and a WARNING naming the topic; a command topic (no steady rate) is not judged."""
+    from ki_vla_ros.ros.recorder import TopicStats, format_stats
+
+    from ki_vla_ros.eval.bag_io import make_typestore
+
+    store = make_typestore()
+    joints = TopicStats(sensor=True)
+    ticks = [k for k in range(50) if k not in (10, 30, 31, 32)]
+    for k in ticks:
+        stamp_s = 100.0 + 0.02 * k
+        data = bytes(store.serialize_cdr(make_joint_state(store, stamp_s, ["a"], [0.0]), JOINT_STATE))
+        joints.add(int(stamp_s * 1e9) + 1_000_000, data)
+    commands = TopicStats(sensor=False)
+    for k in range(3):
+        commands.add(int((100.0 + 0.5 * k) * 1e9), b"\x00\x01\x00\x00")
+    summary = joints.summary()
+    assert summary["count"] == 46 and summary["gaps"] == 2 and summary["missing"] == 4
+    assert abs(summary["period_ms"] - 20.0) < 1e-6 and abs(summary["max_gap_ms"] - 80.0) < 1e-3
+    assert commands.summary()["missing"] is None and abs(commands.summary()["rate_hz"] - 2.0) < 1e-9
+    lines = format_stats({"/joint_states": joints, "/arm/cmd": commands})
+    assert lines[1].split() == ["3", "2.00", "500.0", "-", "-", "/arm/cmd"]
+    assert lines[2].split()[3:] == ["2", "4", "/joint_states"]
+    assert lines[-1].startswith("WARNING: /joint_states: about 4 messages missing (2 gaps")
+    assert len(lines) == 4
 
 
 def test_play_republishes_in_order_with_the_recorded_spacing(tmp_path, ros_env, rclpy_context):

@@ -21,8 +21,9 @@ CONFIGS = ["single_arm", "bimanual", "mobile"]
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_each_config_brings_up_and_commands_its_controllers(name, ros_graph, ros_env, tmp_path):
-    from geometry_msgs.msg import Twist
     from trajectory_msgs.msg import JointTrajectory
+
+    from ki_vla_ros.ros.conversions import twist_type
 
     config = load_robot_config(name)
     specs = graph_nodes(name, sim=True, checkpoint="tiny")
@@ -30,7 +31,7 @@ def test_each_config_brings_up_and_commands_its_controllers(name, ros_graph, ros
     probe = ros_graph.node("bringup_probe")
     outputs = {}
     for group in config.action_groups:
-        msg_type = JointTrajectory if group.kind == "joint_trajectory" else Twist
+        msg_type = JointTrajectory if group.kind == "joint_trajectory" else twist_type(group)
         outputs[group.name] = Collector(probe, msg_type, group.controller_topic)
     graph = Graph(specs, env=ros_env, log_dir=tmp_path)
     try:

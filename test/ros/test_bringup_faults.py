@@ -181,6 +181,7 @@ def test_the_planner_plans_in_the_live_mobile_graph_and_the_policy_follows_its_s
     from ros_helpers import train_tiny_planner
 
     from ki_vla_ros.msg import ActionChunk, Subtask
+    from ki_vla_ros.ros.dds import LATCHED_QOS
 
     task, subtask = "tidy up the table: start with the red block", "move to the red block"
     mobile = load_robot_config("mobile")
@@ -189,7 +190,7 @@ def test_the_planner_plans_in_the_live_mobile_graph_and_the_policy_follows_its_s
     probe = ros_graph.node("planner_probe")
     subtasks = Collector(probe, Subtask, "/ki_vla/subtask")
     chunks = Collector(probe, ActionChunk, "/ki_vla/action_chunk")
-    task_pub = probe.create_publisher(String, "/ki_vla/task", 10)
+    task_pub = probe.create_publisher(String, "/ki_vla/task", LATCHED_QOS)
     log_path = tmp_path / "bringup.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "ki_vla_ros.cli", "bringup", "mobile", "--sim",

@@ -17,6 +17,8 @@ SUBTASK = "move to the red block"
 def test_the_planner_publishes_subtasks_and_the_policy_follows_them(ros_graph):
     from std_msgs.msg import String
 
+    from ki_vla_ros.ros.dds import LATCHED_QOS
+
     from ki_vla_ros.msg import ActionChunk, Subtask
     from ki_vla_ros.ros.planner_node import PlannerNode
     from ki_vla_ros.ros.policy_node import PolicyNode
@@ -32,7 +34,7 @@ def test_the_planner_publishes_subtasks_and_the_policy_follows_them(ros_graph):
     probe = ros_graph.node("planner_probe")
     subtasks = Collector(probe, Subtask, "/ki_vla/subtask")
     chunks = Collector(probe, ActionChunk, "/ki_vla/action_chunk")
-    task_pub = probe.create_publisher(String, "/ki_vla/task", 10)
+    task_pub = probe.create_publisher(String, "/ki_vla/task", LATCHED_QOS)
     observations = ObservationPublisher(probe, CONFIG)
     ros_graph.wait_for(lambda: observations.matched() and task_pub.get_subscription_count() > 0, 20.0,
                        "planner and policy subscriptions")
@@ -58,6 +60,8 @@ def test_the_planner_plans_on_images_older_than_the_policy_would_accept(ros_grap
     late) it never planned."""
     from std_msgs.msg import String
 
+    from ki_vla_ros.ros.dds import LATCHED_QOS
+
     from ki_vla_ros.msg import Subtask
     from ki_vla_ros.ros.planner_node import PlannerNode
 
@@ -67,7 +71,7 @@ def test_the_planner_plans_on_images_older_than_the_policy_would_accept(ros_grap
                               parameter_overrides=params(config="mobile")))
     probe = ros_graph.node("late_image_probe")
     subtasks = Collector(probe, Subtask, "/ki_vla/subtask")
-    task_pub = probe.create_publisher(String, "/ki_vla/task", 10)
+    task_pub = probe.create_publisher(String, "/ki_vla/task", LATCHED_QOS)
     observations = ObservationPublisher(probe, CONFIG)
     observations.stamp_offset_s = -0.5
     ros_graph.wait_for(lambda: all(p.get_subscription_count() > 0 for p in observations.cams.values())

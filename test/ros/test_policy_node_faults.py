@@ -22,6 +22,8 @@ CONFIG = load_robot_config("single_arm")
 def _setup(ros_graph):
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import String
+
+    from ki_vla_ros.ros.dds import LATCHED_QOS
     from trajectory_msgs.msg import JointTrajectory
 
     from ki_vla_ros.msg import ActionChunk
@@ -33,7 +35,7 @@ def _setup(ros_graph):
     probe.chunks = Collector(probe, ActionChunk, "/ki_vla/action_chunk")
     probe.arm = Collector(probe, JointTrajectory, CONFIG.action_group("arm").policy_topic)
     probe.diagnostics = Collector(probe, DiagnosticArray, "/diagnostics")
-    probe.instruction = probe.create_publisher(String, "/ki_vla/instruction", 10)
+    probe.instruction = probe.create_publisher(String, "/ki_vla/instruction", LATCHED_QOS)
     observations = ObservationPublisher(probe, CONFIG)
     ros_graph.wait_for(lambda: observations.matched() and probe.instruction.get_subscription_count() > 0,
                        20.0, "policy_node subscriptions")

@@ -166,3 +166,24 @@ def test_a_robot_without_base_streams_no_twist():
     config = load_robot_config("single_arm")
     trajectory = Trajectory(0.0, 0.1, config.action_names, np.zeros((3, 8)))
     assert base_twist_samples(trajectory, config) == [] and twist_at(trajectory, config, 0.0) is None
+
+
+def test_no_planned_trajectory_ends_before_it_can_reach_the_controller():
+    """A one-point trajectory due now (time_from_start 0) arrived after its end and
+    joint_trajectory_controller rejected it: every planned trajectory ends at least
+    ARRIVAL_MARGIN_S after now, or the chunk is skipped with a reason."""
+    from ki_vla_ros.runtime.chunking import ARRIVAL_MARGIN_S
+
+    for latency_s in np.arange(0.0, 1.0, 0.0025):
+        now_s = 100.0 + latency_s
+        plan = ChunkScheduler(chunk_config()).plan(chunk(100.0, ramp(10)), now_s=now_s)
+        if plan.trajectory is None:
+            assert plan.reason
+        else:
+            assert plan.trajectory.end_time_s >= now_s + ARRIVAL_MARGIN_S, latency_s
+
+
+def test_a_chunk_whose_last_step_is_due_now_is_skipped_with_the_reason():
+    plan = ChunkScheduler(chunk_config()).plan(chunk(100.0, ramp(10)), now_s=100.9)
+    assert plan.trajectory is None
+    assert "ends at 100.900000 s, 0.0 ms after now" in plan.reason and "ARRIVAL_MARGIN_S = 20 ms" in plan.reason

@@ -206,3 +206,28 @@ def test_fast_inference_options_parse_and_cuda_graph_on_a_cpu_device_names_the_k
         load_modified(tmp_path, "single_arm", lambda doc: fast(doc, device="cpu", cuda_graph=True))
     with pytest.raises(ConfigError, match=r"model\.compile = False: one of \['off', 'default', 'max-autotune'\]"):
         load_modified(tmp_path, "single_arm", lambda doc: fast(doc, compile=False))  # YAML's bare `off`
+
+
+def test_a_base_group_sends_twist_stamped_unless_its_config_says_twist(tmp_path):
+    """Jazzy and newer base controllers take geometry_msgs/TwistStamped: the default for a base
+    group that does not say; the shipped mobile config keeps Twist explicitly."""
+    assert load_robot_config("mobile").base_group.stamped is False
+
+    def no_twist_type(doc):
+        del doc["/**"]["ros__parameters"]["action_groups"]["base"]["twist_type"]
+
+    assert load_modified(tmp_path, "mobile", no_twist_type).base_group.stamped is True
+    assert not any(g.stamped for g in load_robot_config("single_arm").action_groups)
+
+    def misspelt(doc):
+        doc["/**"]["ros__parameters"]["action_groups"]["base"]["twist_type"] = "stamped"
+
+    with pytest.raises(ConfigError, match=r"action_groups\.base\.twist_type = 'stamped': one of \['twist_stamped', "
+                                          r"'twist'\]"):
+        load_modified(tmp_path, "mobile", misspelt)
+
+    def on_an_arm(doc):
+        doc["/**"]["ros__parameters"]["action_groups"]["arm"]["twist_type"] = "twist"
+
+    with pytest.raises(ConfigError, match=r"action_groups\.arm\.twist_type = 'twist': no value: only base_twist"):
+        load_modified(tmp_path, "single_arm", on_an_arm)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -57,6 +59,10 @@ def test_resuming_from_last_continues_bit_exactly(sim_dataset_dir, tmp_path):
     train(first.model, interrupted_config, first.action_sampler, first.vlm_sampler,
           callback=lambda step, metrics, model: step == 3)  # stop after step 3, as a crash would
     assert (tmp_path / "interrupted" / "last" / "trainer_state.json").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (tmp_path / "interrupted" / "last").iterdir():  # safetensors alone would make them 0600
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
 
     resume_config = dataclasses.replace(interrupted_config, resume=True)
     second = prepare_run(sim_dataset_dir, resume_config)  # a new process would start here

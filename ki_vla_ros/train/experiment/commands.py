@@ -74,11 +74,12 @@ def add_subcommands(subparsers) -> None:
     claims.set_defaults(func=lambda a: run_claims("quick" if a.quick else a.size, Path(a.out), robot=a.robot))
 
     demo = subparsers.add_parser("make-demo-checkpoint",
-                                 help="train the tiny demo checkpoint (ki_vla_ros/assets/demo_checkpoint)")
-    demo.add_argument("out", nargs="?", default=None, help="directory (default: the shipped asset path)")
+                                 help="train the tiny demo checkpoint into OUT")
+    demo.add_argument("out", help="output directory (required: the shipped asset ki_vla_ros/assets/demo_checkpoint "
+                                  "is only replaced when named explicitly)")
     demo.add_argument("--robot", default="single_arm")
     add_demo_checkpoint_options(demo)
-    demo.set_defaults(func=lambda a: run_make_demo_checkpoint(Path(a.out) if a.out else None, robot=a.robot,
+    demo.set_defaults(func=lambda a: run_make_demo_checkpoint(Path(a.out), robot=a.robot,
                                                               **demo_checkpoint_kwargs(a)))
 
 
@@ -150,17 +151,16 @@ def run_claims(size: str, out_dir: Path, robot: str = "single_arm") -> int:
     return 0
 
 
-def run_make_demo_checkpoint(out_dir: Path | None, robot: str = "single_arm", steps: int | None = None,
+def run_make_demo_checkpoint(out_dir: Path, robot: str = "single_arm", steps: int | None = None,
                              size_overrides: dict | None = None, dagger_overrides: dict | None = None,
                              **kwargs) -> int:
     import dataclasses
 
-    from ki_vla_ros.train.experiment.demo_checkpoint import (DEMO_CHECKPOINT_DIR, DEMO_DAGGER, DEMO_SIZE,
-                                                             make_demo_checkpoint)
+    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_DAGGER, DEMO_SIZE, make_demo_checkpoint
 
     size = dataclasses.replace(DEMO_SIZE, **(size_overrides or {}))
     dagger = dataclasses.replace(DEMO_DAGGER, **(dagger_overrides or {}))
-    report = make_demo_checkpoint(out_dir or DEMO_CHECKPOINT_DIR, robot=robot, steps=steps, size=size,
+    report = make_demo_checkpoint(out_dir, robot=robot, steps=steps, size=size,
                                   dagger_settings=dagger, **kwargs)
     print(report)
     return 0

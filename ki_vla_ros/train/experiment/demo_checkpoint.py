@@ -1,7 +1,7 @@
 """The shipped demo checkpoint: the study's model, trained longer with the KI recipe.
 
     python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint
-    (or: ki-vla make-demo-checkpoint)
+    (or: ki-vla make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint; the directory is required)
 
 single_arm (8 state / 8 action dims, cameras base + wrist in 2 slots), horizon 10. The stages:
   1. a word-level SentencePiece tokenizer fitted on the training text (DEMO_SIZE.text_tokenizer);

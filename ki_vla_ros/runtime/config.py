@@ -686,6 +686,8 @@ def node_parameters(config: RobotConfig, node: str) -> list[ParameterSpec]:
                 continue
             choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
             kind = str if choices else hint
+            if hint == (str | None):  # ROS has no null: an optional text is "" when left out
+                kind, value = str, "" if value is None else value
             specs.append(ParameterSpec(name, kind, f.metadata.get("description", ""), value,
                                        f.metadata.get("range"), tuple(choices)))
 
@@ -731,7 +733,7 @@ def _drop_defaults(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
         value = raw[f.name]
         if hasattr(hints[f.name], "__dataclass_fields__") and isinstance(value, dict):
             value = _drop_defaults(hints[f.name], value)
-        elif f.default is not MISSING and value == f.default:
+        elif f.default is not MISSING and (value == f.default or (f.default is None and value == "")):
             continue
         out[f.name] = value
     return out

@@ -231,3 +231,17 @@ def test_a_base_group_sends_twist_stamped_unless_its_config_says_twist(tmp_path)
 
     with pytest.raises(ConfigError, match=r"action_groups\.arm\.twist_type = 'twist': no value: only base_twist"):
         load_modified(tmp_path, "single_arm", on_an_arm)
+
+
+def test_an_optional_text_setting_is_an_empty_string_parameter_when_left_out():
+    """ROS parameters have no null: model.remote (None = the model runs in the node) is declared
+    as "", and "" given back means left out."""
+    from ki_vla_ros.runtime.config import node_parameters, with_node_parameters
+
+    config = load_robot_config("single_arm")
+    assert config.model.remote is None
+    spec = {s.name: s for s in node_parameters(config, "policy_node")}["model.remote"]
+    assert spec.kind is str and spec.value == ""
+    assert with_node_parameters(config, "policy_node", {"model.remote": ""}).model.remote is None
+    remote = with_node_parameters(config, "policy_node", {"model.remote": "ws://127.0.0.1:8000"})
+    assert remote.model.remote == "ws://127.0.0.1:8000"

@@ -4,7 +4,7 @@
 A reach demonstration starts with the arm at rest at its home pose, so the chunk that
 starts at step 0 can only come from the image and the instruction. Once the arm moves,
 its pose already points at the target, and a policy can score well by continuing the
-motion. This table separates the two (README, "The demo checkpoint"). The scenes are the
+motion. This table separates the two (docs/demo_checkpoint.md). The scenes are the
 held-out evaluation seeds; the flow expert samples with fixed noise (10 Euler steps).
 Columns: the flow chunks' RMS error over the moving action dims in radians (the same for a
 checkpoint that predicts offsets from the state, delta_action_dims, and one that predicts

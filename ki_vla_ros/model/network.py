@@ -241,7 +241,7 @@ def _init_projector(linear: nn.Linear) -> None:
     """Fan-in init of the image-token projector: image tokens start with unit variance per
     dimension, as the LayerNormed vision features do. transformers' default (std 0.02) makes
     them as small as the text embeddings; a backbone trained from scratch then did not learn
-    which image token shows the named block (README, "The demo checkpoint"). Pretrained
+    which image token shows the named block (docs/demo_checkpoint.md). Pretrained
     weights replace this init when loaded."""
     nn.init.normal_(linear.weight, std=linear.in_features ** -0.5)
     nn.init.zeros_(linear.bias)

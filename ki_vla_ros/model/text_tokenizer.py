@@ -7,7 +7,7 @@
   directory the user provides (tokenizer.model, or openpi's paligemma_tokenizer.model);
   or a small one fitted on a dataset's own text (`SentencePieceTokenizer.fit`), which
   the demo checkpoint uses: with whole words as tokens a tiny backbone links "red" to the
-  red patches far sooner than it does from the bytes r, e, d (README, "The demo checkpoint").
+  red patches far sooner than it does from the bytes r, e, d (docs/demo_checkpoint.md).
 
 A checkpoint records its tokenizer with `to_config()` (and `save(directory)`, which also
 writes the model file); `load_text_tokenizer(config, directory)` rebuilds it.

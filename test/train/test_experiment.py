@@ -173,7 +173,7 @@ def test_the_demo_checkpoint_reaches_the_named_block_and_random_weights_do_not(d
     the 3 cm of a success on most of them and nearest the named block on almost all; random
     weights of the same size do neither. Measured over three noise seeds: 0.75-0.90 within
     3 cm, 0.95-1.00 nearest, median 0.8-1.2 cm from the block (from 19.9 cm); random weights
-    0.00-0.05, 0.50-0.60 and 34-40 cm (README, "The demo checkpoint")."""
+    0.00-0.05, 0.50-0.60 and 34-40 cm (docs/demo_checkpoint.md)."""
     from ki_vla_ros.sim.robot import REACH_TOLERANCE_M
     from ki_vla_ros.train.experiment.demo_checkpoint import new_model_like
     from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET

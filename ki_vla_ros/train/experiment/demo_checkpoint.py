@@ -54,8 +54,7 @@ from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TE
 
 # Words as tokens, a tower that knows where each colour is, and pointing questions: with all
 # three the backbone can say where the named block is, which the step-0 chunk needs; and 30%
-# of the action samples from step 0, where nothing else says where to go (README, "The demo
-# checkpoint").
+# of the action samples from step 0, where nothing else says where to go (docs/demo_checkpoint.md).
 DEMO_SIZE = StudySize(train_episodes=1000, eval_episodes=20, pretrain_steps=500, vla_steps=8000, seeds=(0,),
                       eval_every=250, eval_samples=32, closed_loop_episodes=30, vqa_questions=100,
                       latency_reps=20, vlm_ratio=0.25, vision_pretrain_steps=1500, where_weight=3.0,
@@ -193,7 +192,7 @@ def vlm_scene_data(robot: str, vlm_scenes: int, image_size: int) -> ReachData:
 class DaggerSettings:
     """Rounds of DAgger after the KI stage (Ross et al., 2011). Behaviour cloning alone never
     shows the policy a state off the expert's path, and its policy went wrong there: some
-    held-out episodes drove off early and never came back (README, "The demo checkpoint"). Each
+    held-out episodes drove off early and never came back (docs/demo_checkpoint.md). Each
     round, the current model drives every training scene for a random 0..max_lead_steps steps,
     then the expert demonstrates from wherever the arm is (sim.tasks.generate_episode lead_in);
     those episodes join the aggregate (the demonstrations and every earlier round's), and the

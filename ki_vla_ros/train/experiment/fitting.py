@@ -32,7 +32,7 @@ class FitConfig:
     device: str = "cpu"  # where the batches go; the caller puts the model there
     # The vision tower's learning rate as a fraction of lr; 0 leaves the tower as it is.
     # At the study's size a from-scratch tower trained at the full rate collapses to features
-    # that do not depend on the image (README, "The demo checkpoint").
+    # that do not depend on the image (docs/demo_checkpoint.md).
     vision_lr_scale: float = 1.0
 
     def __post_init__(self):

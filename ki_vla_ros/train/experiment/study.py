@@ -82,7 +82,7 @@ class StudySize:
     # The vision tower: first trained alone to name the block colours in each patch (the
     # stand-in for SigLIP's pretraining, vision_pretraining.py), then at vision_lr_scale of
     # the learning rate in every later stage (0: frozen). Trained from scratch through the
-    # language model's loss instead, its features collapse (README, "The demo checkpoint").
+    # language model's loss instead, its features collapse (docs/demo_checkpoint.md).
     vision_pretrain_steps: int = 600
     vision_lr_scale: float = 0.0
     # ... and, with where_weight > 0, also where in the patch each colour is (vision_pretraining.py).

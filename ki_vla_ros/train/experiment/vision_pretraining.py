@@ -2,7 +2,7 @@
 
 The stand-in for the pretraining that PaliGemma's SigLIP tower brings. A tiny tower trained
 from scratch only through the language model's loss collapses to features that ignore the
-image (README, "The demo checkpoint"). This stage first teaches each patch token to say
+image (docs/demo_checkpoint.md). This stage first teaches each patch token to say
 which block colours lie in its patch, with a throw-away linear head and per-colour binary
 cross-entropy, so that "a red block is here" is a direction of that token. On the study's
 32 px images it takes seconds. The labels come from the pixels themselves: a patch shows a
@@ -11,7 +11,7 @@ colour when one of its pixels lies within COLOR_TOLERANCE of that block colour's
 With where_weight > 0 the head also regresses, per patch and colour, where in the image
 those pixels are (their centroid), so a token also says where its block is to a fraction
 of a pixel: the position a reaching policy needs, which an 8 px patch alone gives only to
-about 3 px (README, "The demo checkpoint").
+about 3 px (docs/demo_checkpoint.md).
 
     tower_history = pretrain_vision_tower(model, images, steps=600)
     tower_history = pretrain_vision_tower(model, images, steps=1500, where_weight=WHERE_WEIGHT)

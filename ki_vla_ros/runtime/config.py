@@ -161,6 +161,13 @@ class ModelConfig:
         "ws://host:port of a `ki-vla serve` policy server: the model runs there, not in this process "
         "(token from the KI_VLA_SERVE_TOKEN environment variable)", default=None)
     remote_timeout_s: float = _doc("remote: longest wait for a reply before holding (s)", default=2.0)
+    remote_layout: Literal["ki_vla", "libero", "droid", "aloha"] = _doc(
+        "remote: the observation dict sent: ki_vla (a `ki-vla serve` server: sizes from its metadata, real-time "
+        "chunking) or openpi's libero, droid or aloha example-client layout (an openpi server: camera slot i -> the "
+        "layout's i-th image, sent 224x224; sizes from this config; horizon from the replies)", default="ki_vla")
+    remote_extra_action_dims: Literal["error", "drop"] = _doc(
+        "remote, openpi layouts: a reply with more action dims than the robot has (openpi models pad to 32) is an "
+        "error (hold) or, with drop, cut to the first action_dim dims", default="error")
 
 
 @dataclass(frozen=True)
@@ -624,6 +631,20 @@ def _check(config: RobotConfig, source: str) -> None:
         fail(f"{policy}.model.remote", config.model.remote, "ws://host:port or wss://host:port")
     if not config.model.remote_timeout_s > 0:
         fail(f"{policy}.model.remote_timeout_s", config.model.remote_timeout_s, "a duration > 0")
+    layout = config.model.remote_layout
+    if layout != "ki_vla":
+        from ki_vla_ros.serve.layouts import LAYOUTS  # numpy only
+
+        slots = len(LAYOUTS[layout].images)
+        if config.num_image_slots > slots:
+            fail(f"{policy}.model.remote_layout", layout, f"a layout with {config.num_image_slots} image slots "
+                 f"(the cameras use slots up to {config.num_image_slots - 1}); {layout} has {slots}")
+        if layout == "droid" and config.state_dim < 2:
+            fail(f"{policy}.model.remote_layout", layout, f"droid splits the state into joint_position + "
+                 f"gripper_position (the last value); this robot's state has {config.state_dim} value(s)")
+        if chunk.mode == "rtc":
+            fail(f"{cpath}.mode", "rtc", f"blend: model.remote_layout {layout} talks to an openpi server, which "
+                 "does not take the running chunk (real-time chunking needs remote_layout ki_vla)")
 
     planner = f"planner_node.{PARAMS_KEY}"
     if config.planner.rate_hz <= 0:

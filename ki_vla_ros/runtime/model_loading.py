@@ -54,7 +54,10 @@ def load_predictor(config: RobotConfig, checkpoint: str | None = None, device: s
     if config.model.remote is not None and checkpoint is None:
         from ki_vla_ros.serve.client import RemotePredictor
 
-        return RemotePredictor(config.model.remote, timeout_s=config.model.remote_timeout_s)
+        m = config.model
+        return RemotePredictor(m.remote, timeout_s=m.remote_timeout_s, layout=m.remote_layout,
+                               state_dim=config.state_dim, action_dim=config.action_dim,
+                               extra_action_dims=m.remote_extra_action_dims)
     from ki_vla_ros.model.inference import Predictor
 
     checkpoint = checkpoint or config.model.checkpoint

@@ -12,10 +12,28 @@ PolicyError, which the node turns into a hold (no command) and reports on /diagn
     error reply (text)      PolicyError with the server's message; the connection stays
     malformed reply         PolicyError naming what was wrong; dropped and reconnected
 
-Requests use the ki_vla layout (serve/layouts.py): "images" (list by model slot, None =
-missing camera), "state", "prompt", and for real-time chunking "previous_actions" and
-"inference_delay_steps". The token, if the server wants one, comes from the environment
-variable KI_VLA_SERVE_TOKEN (never from a config file).
+Requests use the layout in model.remote_layout (serve/layouts.py):
+
+    ki_vla   "images" (list by model slot, None = missing camera), "state", "prompt", and for
+             real-time chunking "previous_actions" and "inference_delay_steps"; the sizes
+             (num_cameras, state_dim, action_dim, action_horizon) come from the server's metadata
+    libero   observation/image, observation/wrist_image (HxWx3), observation/state, prompt
+    droid    observation/exterior_image_1_left, observation/wrist_image_left (HxWx3),
+             observation/joint_position (state[:-1]), observation/gripper_position (state[-1:]), prompt
+    aloha    images: {cam_high, cam_left_wrist, cam_right_wrist} (3xHxW), state, prompt
+
+The openpi layouts are what openpi's example clients send, for an openpi server, whose metadata
+states no sizes: camera slot i fills the layout's i-th image, resized with pad to 224x224 uint8
+(as those clients do; an unused slot is sent black, since openpi servers need every key), the
+state goes as float64. state_dim and action_dim are the robot config's; the horizon is the row
+count of the first reply (one probe request at start-up) and every later reply must have it.
+openpi returns actions in robot units, often already cut to the robot's dims (LIBERO 7, DROID 8,
+ALOHA 14) but possibly padded (32): a reply with more dims than action_dim is an error unless
+model.remote_extra_action_dims is drop (keep the first action_dim). Real-time chunking and fixed
+noise are not sent to openpi servers (they take neither).
+
+The token, if the server wants one, comes from the environment variable KI_VLA_SERVE_TOKEN
+(never from a config file).
 """
 
 from __future__ import annotations
@@ -30,11 +48,13 @@ import websockets
 from websockets.sync.client import connect
 
 from ki_vla_ros.runtime.policy import PolicyError
+from ki_vla_ros.serve.layouts import LAYOUTS
 from ki_vla_ros.serve.protocol import ProtocolError, pack, unpack
 
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 5.0
 TOKEN_ENV = "KI_VLA_SERVE_TOKEN"
+OPENPI_IMAGE_SIZE = 224  # openpi's example clients resize with pad to this before sending
 _SIZES = {"num_cameras": "num_cameras", "state_dim": "state_dim", "action_dim": "action_dim",
           "horizon": "action_horizon"}
 
@@ -42,14 +62,24 @@ _SIZES = {"num_cameras": "num_cameras", "state_dim": "state_dim", "action_dim": 
 class RemotePredictor:
     """Predictor protocol over the wire; thread-safe (one request at a time)."""
 
-    def __init__(self, uri: str, *, timeout_s: float = 2.0, token: str | None = None):
+    def __init__(self, uri: str, *, timeout_s: float = 2.0, token: str | None = None, layout: str = "ki_vla",
+                 state_dim: int | None = None, action_dim: int | None = None, extra_action_dims: str = "error"):
+        """layout ki_vla: sizes from the server's metadata. An openpi layout (libero, droid, aloha):
+        state_dim and action_dim are required (the robot's), the horizon is probed with one request."""
         if not uri.startswith(("ws://", "wss://")):
             raise ValueError(f"model.remote is {uri!r}; expected ws://host:port or wss://host:port")
+        if layout != "ki_vla" and layout not in LAYOUTS:
+            raise ValueError(f"model.remote_layout is {layout!r}; expected one of {['ki_vla', *LAYOUTS]}")
+        if extra_action_dims not in ("error", "drop"):
+            raise ValueError(f"model.remote_extra_action_dims is {extra_action_dims!r}; expected 'error' or 'drop'")
         self.uri = uri
         self.timeout_s = timeout_s
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.layout = layout
+        self.extra_action_dims = extra_action_dims
         self.device = f"remote {uri}"
         self.reconnects = 0
+        self.last_server_timing: dict = {}
         self._ws = None
         self._lock = threading.Lock()
         self._backoff_s = BACKOFF_INITIAL_S
@@ -57,10 +87,19 @@ class RemotePredictor:
         self._last_failure = ""
         with self._lock:
             self.metadata = self._open()  # fails loudly at start-up: sizes are needed to check the robot
+        if layout != "ki_vla":
+            if state_dim is None or action_dim is None:
+                raise ValueError(f"model.remote_layout {layout} needs state_dim and action_dim (the robot's)")
+            self.num_cameras = len(LAYOUTS[layout].images)
+            self.state_dim, self.action_dim = int(state_dim), int(action_dim)
+            self.horizon: int | None = None  # the first reply sets it
+            self.warmup()
+            return
         missing = [key for key in _SIZES.values() if not isinstance(self.metadata.get(key), int)]
         if missing:
             raise PolicyError(f"policy server {uri} metadata has no {missing}; expected a `ki-vla serve` server "
-                              f"(got keys {sorted(self.metadata)})")
+                              f"(got keys {sorted(self.metadata)}); for an openpi server set model.remote_layout "
+                              f"to libero, droid or aloha")
         for attribute, key in _SIZES.items():
             setattr(self, attribute, int(self.metadata[key]))
 
@@ -128,22 +167,46 @@ class RemotePredictor:
                       noise: np.ndarray | None = None, previous_actions: np.ndarray | None = None,
                       inference_delay_steps: int = 0) -> np.ndarray:
         """[horizon, action_dim] float32 in robot units, computed by the server."""
-        message: dict[str, Any] = {"images": [None if img is None else np.ascontiguousarray(img) for img in images],
-                                   "state": np.asarray(state, dtype=np.float64), "prompt": prompt}
-        if noise is not None:
-            message["noise"] = np.asarray(noise, dtype=np.float32)
-        if previous_actions is not None:
-            message["previous_actions"] = np.asarray(previous_actions, dtype=np.float32)
-            message["inference_delay_steps"] = int(inference_delay_steps)
+        if self.layout == "ki_vla":
+            message: dict[str, Any] = {"images": [None if img is None else np.ascontiguousarray(img)
+                                                  for img in images],
+                                       "state": np.asarray(state, dtype=np.float64), "prompt": prompt}
+            if noise is not None:
+                message["noise"] = np.asarray(noise, dtype=np.float32)
+            if previous_actions is not None:
+                message["previous_actions"] = np.asarray(previous_actions, dtype=np.float32)
+                message["inference_delay_steps"] = int(inference_delay_steps)
+        else:
+            if noise is not None or previous_actions is not None:
+                raise PolicyError(f"policy server {self.uri}: the {self.layout} layout (openpi) takes no noise and "
+                                  "no running chunk; use chunk.mode blend")
+            message = openpi_observation(self.layout, images, state, prompt)
         reply = self._request(message)
-        actions = reply.get("actions")
-        expected = (self.horizon, self.action_dim)
-        if not isinstance(actions, np.ndarray) or actions.shape != expected or actions.dtype.kind != "f":
-            shown = f"{actions.dtype} {list(actions.shape)}" if isinstance(actions, np.ndarray) else repr(actions)[:60]
-            with self._lock:
-                self._fail(f"malformed reply: 'actions' is {shown}; expected float {list(expected)}")
         self.last_server_timing = reply.get("server_timing", {})
-        return actions.astype(np.float32)
+        return self._checked_actions(reply.get("actions"))
+
+    def _checked_actions(self, actions: Any) -> np.ndarray:
+        """The reply's actions -> float32 [horizon, action_dim]; anything else fails naming the shape."""
+        shown = f"{actions.dtype} {list(actions.shape)}" if isinstance(actions, np.ndarray) else repr(actions)[:60]
+        horizon = self.horizon
+        if isinstance(actions, np.ndarray) and actions.ndim == 2 and actions.dtype.kind == "f":
+            rows, dims = actions.shape
+            if horizon is None and rows >= 1:  # openpi layouts: the first good reply sets the horizon
+                horizon = rows
+            if rows == horizon and dims == self.action_dim:
+                self.horizon = horizon
+                return actions.astype(np.float32)
+            if rows == horizon and dims > self.action_dim and self.layout != "ki_vla":
+                if self.extra_action_dims == "drop":
+                    self.horizon = horizon
+                    return actions[:, : self.action_dim].astype(np.float32)
+                with self._lock:
+                    self._fail(f"malformed reply: 'actions' is {shown}; expected float [{horizon}, "
+                               f"{self.action_dim}] (robot action_dim; set model.remote_extra_action_dims: drop to "
+                               f"keep the first {self.action_dim} dims)")
+        expected = f"[{'horizon' if horizon is None else horizon}, {self.action_dim}]"
+        with self._lock:
+            self._fail(f"malformed reply: 'actions' is {shown}; expected float {expected}")
 
     def generate_subtask(self, images: Sequence[np.ndarray | None], task: str, max_new_tokens: int = 24) -> str:
         raise PolicyError(f"the planner needs the model in-process; {self.uri} serves action chunks only")
@@ -151,4 +214,26 @@ class RemotePredictor:
     def warmup(self) -> None:
         """One blank request (the server warmed its model at start-up; this checks the path)."""
         images = [np.zeros((32, 32, 3), np.uint8)] * self.num_cameras
-        self.predict_chunk(images, np.zeros(self.state_dim), "warm up")
+        self.predict_chunk(images, np.zeros(self.state_dim), "warm up")  # openpi layouts: sets the horizon
+
+
+def openpi_observation(layout: str, images: Sequence[np.ndarray | None], state: np.ndarray, prompt: str) -> dict:
+    """The observation dict openpi's example client for `layout` (libero, droid, aloha) sends
+    (module docstring): images by camera slot (HxWx3 uint8, None = unused slot), state [state_dim]."""
+    from ki_vla_ros.model.preprocess import resize_with_pad  # OpenCV; only the openpi layouts need it
+
+    spec = LAYOUTS[layout]
+    size = OPENPI_IMAGE_SIZE
+    sent = [np.zeros((size, size, 3), np.uint8) if img is None else resize_with_pad(img, size) for img in images]
+    sent += [np.zeros((size, size, 3), np.uint8)] * (len(spec.images) - len(sent))
+    state = np.asarray(state, dtype=np.float64)
+    parts = [state[:-1], state[-1:]] if layout == "droid" else [state]
+    if layout == "aloha":
+        sent = [np.ascontiguousarray(img.transpose(2, 0, 1)) for img in sent]  # CHW, as openpi's ALOHA client
+    message: dict[str, Any] = {"prompt": prompt}
+    for path, value in [*zip(spec.images, sent), *zip(spec.state, parts)]:
+        target = message
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    return message

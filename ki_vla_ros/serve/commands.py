@@ -26,6 +26,9 @@ def add_subcommands(sub) -> None:
     serve.add_argument("--max-batch", type=int, default=8, help="most requests run in one forward pass")
     serve.add_argument("--batch-wait-ms", type=float, default=5.0,
                        help="longest wait for more clients' requests to fill a batch")
+    serve.add_argument("--openpi-metadata", action="store_true",
+                       help="behave like an openpi server on the wire: empty metadata (no model sizes), replies "
+                            "with actions and server_timing only (to test clients made for openpi servers)")
     serve.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
     serve.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads; 0 = auto")
     serve.set_defaults(func=run_serve)
@@ -41,7 +44,8 @@ def run_serve(args) -> int:
     predictor = load_predictor(load_robot_config(args.config), checkpoint=args.checkpoint, device=args.device)
     predictor.warmup()
     config = ServerConfig(host=args.host, port=args.port, token=args.token, max_message_bytes=args.max_message_bytes,
-                          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+                          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                          openpi_metadata=args.openpi_metadata)
 
     def ready(server: PolicyServer) -> None:
         print(f"serving on ws://{config.host}:{server.port} (horizon {predictor.horizon}, action_dim "

@@ -48,6 +48,7 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batch: int = 8
     batch_wait_ms: float = 5.0
+    openpi_metadata: bool = False  # send only what an openpi server sends: {} on connect, actions + server_timing
 
 
 @dataclass
@@ -124,7 +125,10 @@ class Batcher:
 
 
 def server_metadata(predictor, config: ServerConfig) -> dict[str, Any]:
-    """What a client learns on connect (openpi: arbitrary dict; ours states sizes and limits)."""
+    """What a client learns on connect (openpi: arbitrary dict; ours states sizes and limits).
+    With config.openpi_metadata: {} (what openpi's served checkpoints send), no sizes."""
+    if config.openpi_metadata:
+        return {}
     return {
         "server": "ki_vla_ros",
         "protocol": "openpi-websocket-msgpack",
@@ -205,10 +209,14 @@ class PolicyServer:
                 except Exception as error:  # e.g. a prompt too long for the model
                     await ws.send(f"inference failed: {error}")
                     continue
+                if self.config.openpi_metadata:  # openpi's server reports infer_ms and prev_total_ms only
+                    timing = {"infer_ms": timing["infer_ms"]}
                 if previous_total_ms is not None:
                     timing["prev_total_ms"] = previous_total_ms
-                await ws.send(pack({"actions": np.asarray(actions, dtype=np.float32), "server_timing": timing,
-                                    "layout": request.layout}))
+                reply = {"actions": np.asarray(actions, dtype=np.float32), "server_timing": timing}
+                if not self.config.openpi_metadata:
+                    reply["layout"] = request.layout
+                await ws.send(pack(reply))
                 previous_total_ms = (time.monotonic() - started) * 1e3
         except websockets.ConnectionClosed as closed:
             log.info("client %s closed: %s", ws.remote_address, closed)

@@ -16,11 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from server_process import ServerProcess  # noqa: E402
 
 
-def remote_config(tmp_path: Path, uri: str) -> Path:
+def remote_config(tmp_path: Path, uri: str, layout: str = "ki_vla") -> Path:
     document = yaml.safe_load((SOURCE_CONFIG_DIR / "single_arm.yaml").read_text())
     policy = document["policy_node"]["ros__parameters"]
-    policy["model"].update(remote=uri, remote_timeout_s=1.0)
-    policy["chunk"]["mode"] = "rtc"
+    policy["model"].update(remote=uri, remote_timeout_s=1.0 if layout == "ki_vla" else 5.0, remote_layout=layout)
+    policy["chunk"]["mode"] = "rtc" if layout == "ki_vla" else "blend"
     path = tmp_path / "single_arm_remote.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -74,5 +74,35 @@ def test_policy_node_acts_through_the_server_holds_when_it_dies_and_resumes_when
         server = ServerProcess("--checkpoint", "demo", port=server.port)
         publish_until(lambda: len(arm) > held + 2, "commands after the server came back", timeout_s=30.0)
         assert policy.policy.predictor.reconnects >= 1
+    finally:
+        server.stop()
+
+
+def test_policy_node_drives_a_server_that_speaks_like_openpi_in_the_libero_layout(ros_graph, tmp_path):
+    """`ki-vla serve --openpi-metadata`: no sizes in the metadata, replies with actions and
+    server_timing only; the node sends openpi's LIBERO dict and acts on the replies."""
+    from trajectory_msgs.msg import JointTrajectory
+
+    from ki_vla_ros.ros.policy_node import PolicyNode
+
+    server = ServerProcess("--checkpoint", "demo", "--openpi-metadata")
+    try:
+        path = remote_config(tmp_path, server.uri, layout="libero")
+        config = load_robot_config(path)
+        policy = ros_graph.add(PolicyNode(context=ros_graph.context, parameter_overrides=params(config=str(path))))
+        assert policy.state != "unconfigured", policy.configure_error
+        predictor = policy.policy.predictor
+        assert predictor.metadata == {} and (predictor.layout, predictor.horizon) == ("libero", 10)
+        probe = ros_graph.node("openpi_probe")
+        arm = Collector(probe, JointTrajectory, config.action_group("arm").policy_topic)
+        observations = ObservationPublisher(probe, config)
+        ros_graph.wait_for(observations.matched, 20.0, "policy_node subscriptions")
+        deadline = time.monotonic() + 30.0
+        while len(arm) < 3:
+            assert time.monotonic() < deadline, "timed out waiting for commands computed by the server"
+            observations.publish()
+            time.sleep(0.1)
+        assert set(predictor.last_server_timing) <= {"infer_ms", "prev_total_ms"}
+        assert len(arm.messages[-1].points) > 1
     finally:
         server.stop()

@@ -118,3 +118,55 @@ def test_model_remote_must_be_a_websocket_url(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=r"model\.remote = 'http://gpu:8000': ws://host:port"):
         load_robot_config(path)
+
+
+def test_openpi_layout_extra_action_dims_are_an_error_unless_the_config_says_drop():
+    """An openpi-like server ({} metadata) answering [10, 32] (openpi pads actions to 32)."""
+    padded = np.arange(10 * 32, dtype=np.float32).reshape(10, 32)
+    server = ScriptedServer(lambda m: pack({"actions": padded, "server_timing": {"infer_ms": 1.0}}), metadata={})
+    try:
+        with pytest.raises(PolicyError, match=r"'actions' is float32 \[10, 32\]; expected float \[10, 8\] \(robot "
+                                              r"action_dim; set model.remote_extra_action_dims: drop"):
+            RemotePredictor(server.uri, layout="libero", state_dim=8, action_dim=8)
+        remote = RemotePredictor(server.uri, layout="libero", state_dim=8, action_dim=8, extra_action_dims="drop")
+        assert remote.horizon == 10
+        np.testing.assert_array_equal(remote.predict_chunk(IMAGES, np.zeros(8), "task"), padded[:, :8])
+    finally:
+        server.close()
+
+
+def test_openpi_layout_a_reply_whose_horizon_changes_or_has_too_few_dims_is_a_policy_error():
+    rows = iter([10, 7, 10])
+    dims = iter([8, 8, 6])
+    server = ScriptedServer(lambda m: pack({"actions": np.zeros((next(rows), next(dims)), np.float64)}), metadata={})
+    try:
+        remote = RemotePredictor(server.uri, layout="droid", state_dim=8, action_dim=8)
+        assert remote.horizon == 10
+        with pytest.raises(PolicyError, match=r"'actions' is float64 \[7, 8\]; expected float \[10, 8\]"):
+            remote.predict_chunk(IMAGES, np.zeros(8), "task")
+        time.sleep(0.6)  # the backoff after a malformed reply
+        with pytest.raises(PolicyError, match=r"'actions' is float64 \[10, 6\]; expected float \[10, 8\]"):
+            remote.predict_chunk(IMAGES, np.zeros(8), "task")
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("config_name, change, error", [
+    ("single_arm", {"remote_layout": "openpi"}, r"model\.remote_layout = 'openpi'"),
+    ("bimanual", {"remote_layout": "libero"},
+     r"model\.remote_layout = 'libero': a layout with 3 image slots .*; libero has 2"),
+    ("single_arm", {"remote_layout": "droid", "chunk_mode": "rtc"},
+     r"chunk\.mode = 'rtc': blend: model\.remote_layout droid talks to an openpi server"),
+    ("single_arm", {"remote_extra_action_dims": "slice"}, r"model\.remote_extra_action_dims = 'slice'"),
+])
+def test_a_wrong_remote_layout_setting_is_a_config_error_naming_it(tmp_path, config_name, change, error):
+    document = yaml.safe_load((SOURCE_CONFIG_DIR / f"{config_name}.yaml").read_text())
+    policy = document["policy_node"]["ros__parameters"]
+    change = dict(change)
+    if "chunk_mode" in change:
+        policy["chunk"]["mode"] = change.pop("chunk_mode")
+    policy["model"].update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ConfigError, match=error):
+        load_robot_config(path)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Helper modules shared by the test folders (config_files.py) import by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # One torch thread per process: tests start several processes (nodes, DDP ranks) on a

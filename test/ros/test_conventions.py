@@ -63,21 +63,21 @@ def test_base_commands_flow_as_the_configured_twist_type_through_mux_to_the_sim(
     a base group, what Jazzy base controllers take) or as Twist (the shipped mobile config)."""
     import time
 
-    import yaml
+    from config_files import config_file
     from geometry_msgs.msg import Twist, TwistStamped
     from nav_msgs.msg import Odometry
 
     from ki_vla_ros.ros.command_mux import CommandMuxNode
     from ki_vla_ros.ros.sim_robot import SimRobotNode
-    from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR, load_robot_config
+    from ki_vla_ros.runtime.config import load_robot_config
 
-    document = yaml.safe_load((SOURCE_CONFIG_DIR / "mobile.yaml").read_text())
-    base = document["/**"]["ros__parameters"]["action_groups"]["base"]
-    base.pop("twist_type", None)
-    if twist_type == "twist":
-        base["twist_type"] = "twist"
-    path = tmp_path / "mobile_variant.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    def set_twist_type(document):
+        base = document["/**"]["ros__parameters"]["action_groups"]["base"]
+        base.pop("twist_type", None)
+        if twist_type == "twist":
+            base["twist_type"] = "twist"
+
+    path = config_file(tmp_path, "mobile", set_twist_type)
     group = load_robot_config(path).base_group
     msg_type = TwistStamped if twist_type == "twist_stamped" else Twist
     assert group.stamped == (msg_type is TwistStamped)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
+from config_files import config_file
 
 from ki_vla_ros.runtime.config import (
     SOURCE_CONFIG_DIR,
@@ -24,11 +24,7 @@ def shipped(name: str) -> dict:
 
 
 def load_modified(tmp_path: Path, name: str, change) -> RobotConfig:
-    document = copy.deepcopy(shipped(name))
-    change(document)
-    path = tmp_path / f"{name}_modified.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return load_robot_config(path)
+    return load_robot_config(config_file(tmp_path, name, change))
 
 
 @pytest.mark.parametrize("name, action_dim, cameras, planner", [

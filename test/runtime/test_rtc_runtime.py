@@ -4,16 +4,15 @@ join at injected latency with no step above the rate limit."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
-import yaml
+from config_files import config_file
 
 from ki_vla_ros.runtime.chunking import ChunkScheduler, DelayEstimate, Trajectory
-from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR, ConfigError, load_robot_config
+from ki_vla_ros.runtime.config import ConfigError, load_robot_config
 from ki_vla_ros.runtime.model_loading import load_predictor
 from ki_vla_ros.runtime.policy import Policy
 from ki_vla_ros.sim.chunk_execution import run_chunk_execution
@@ -62,16 +61,13 @@ def test_rtc_mode_does_not_cross_fade():
 
 def test_chunk_mode_is_blend_by_default_and_a_wrong_mode_is_named(tmp_path):
     assert load_robot_config("single_arm").chunk.mode == "blend"
-    document = yaml.safe_load((SOURCE_CONFIG_DIR / "single_arm.yaml").read_text())
-    bad = copy.deepcopy(document)
-    bad["policy_node"]["ros__parameters"]["chunk"]["mode"] = "inpaint"
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bad))
+    def chunk(**values):
+        return lambda document: document["policy_node"]["ros__parameters"]["chunk"].update(values)
+
     with pytest.raises(ConfigError, match=r"chunk\.mode = 'inpaint': one of \['blend', 'rtc'\]"):
-        load_robot_config(path)
-    document["policy_node"]["ros__parameters"]["chunk"].update(mode="rtc", rtc_margin_steps=2)
-    path.write_text(yaml.safe_dump(document))
-    assert load_robot_config(path).chunk.mode == "rtc" and load_robot_config(path).chunk.rtc_margin_steps == 2
+        load_robot_config(config_file(tmp_path, "single_arm", chunk(mode="inpaint")))
+    config = load_robot_config(config_file(tmp_path, "single_arm", chunk(mode="rtc", rtc_margin_steps=2)))
+    assert config.chunk.mode == "rtc" and config.chunk.rtc_margin_steps == 2
 
 
 def test_rtc_joins_chunks_at_300_ms_latency_with_no_step_above_the_rate_limit_where_plain_chunks_jump():

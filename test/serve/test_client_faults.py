@@ -4,17 +4,16 @@ wait a doubling backoff."""
 
 from __future__ import annotations
 
-import copy
 import socket
 import threading
 import time
 
 import numpy as np
 import pytest
-import yaml
+from config_files import config_file
 from websockets.sync.server import serve
 
-from ki_vla_ros.runtime.config import SOURCE_CONFIG_DIR, ConfigError, load_robot_config
+from ki_vla_ros.runtime.config import ConfigError, load_robot_config
 from ki_vla_ros.runtime.policy import PolicyError
 from ki_vla_ros.serve import client as client_module
 from ki_vla_ros.serve.client import RemotePredictor
@@ -111,11 +110,8 @@ def test_backoff_doubles_up_to_the_cap():
 
 
 def test_model_remote_must_be_a_websocket_url(tmp_path):
-    document = yaml.safe_load((SOURCE_CONFIG_DIR / "single_arm.yaml").read_text())
-    bad = copy.deepcopy(document)
-    bad["policy_node"]["ros__parameters"]["model"]["remote"] = "http://gpu:8000"
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bad))
+    path = config_file(tmp_path, "single_arm", lambda document: document["policy_node"]["ros__parameters"]
+                       ["model"].update(remote="http://gpu:8000"))
     with pytest.raises(ConfigError, match=r"model\.remote = 'http://gpu:8000': ws://host:port"):
         load_robot_config(path)
 
@@ -160,13 +156,12 @@ def test_openpi_layout_a_reply_whose_horizon_changes_or_has_too_few_dims_is_a_po
     ("single_arm", {"remote_extra_action_dims": "slice"}, r"model\.remote_extra_action_dims = 'slice'"),
 ])
 def test_a_wrong_remote_layout_setting_is_a_config_error_naming_it(tmp_path, config_name, change, error):
-    document = yaml.safe_load((SOURCE_CONFIG_DIR / f"{config_name}.yaml").read_text())
-    policy = document["policy_node"]["ros__parameters"]
-    change = dict(change)
-    if "chunk_mode" in change:
-        policy["chunk"]["mode"] = change.pop("chunk_mode")
-    policy["model"].update(change)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(document))
+    def apply(document):
+        policy, model = document["policy_node"]["ros__parameters"], dict(change)
+        if "chunk_mode" in model:
+            policy["chunk"]["mode"] = model.pop("chunk_mode")
+        policy["model"].update(model)
+
+    path = config_file(tmp_path, config_name, apply)
     with pytest.raises(ConfigError, match=error):
         load_robot_config(path)

@@ -11,6 +11,7 @@ and back: model actions [H, 32] (normalized, padded) -> first action_dim columns
 from __future__ import annotations
 
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -246,11 +247,15 @@ class Predictor:
         widest_state = format_prompt(task, np.full(self.state_dim, self.config.state_bins - 1))
         return len(self.model.text_tokenizer.encode(widest_state, add_bos=True)), self.config.max_token_len
 
-    def warmup(self) -> None:
-        """Run each path once so the first real call does not pay for lazy initialization."""
+    def warmup(self) -> float:
+        """Run each path once so the first real call does not pay for lazy initialization;
+        returns the seconds of the last (warm) chunk."""
         s = self.config.image_size
         images = [np.zeros((s, s, 3), np.uint8)] * self.num_cameras
         state = self.state_stats.mean.astype(np.float64)
         for _ in range(2):
+            t0 = time.perf_counter()
             self.predict_chunk(images, state, "warm up")
+            chunk_s = time.perf_counter() - t0
         self.generate_subtask(images, "warm up", max_new_tokens=2)
+        return chunk_s

@@ -147,10 +147,9 @@ class PolicyNode(LifecycleNode):
             predictor = self._shared_predictor or load_predictor(self.config, checkpoint=checkpoint)
             self.policy = Policy(predictor, self.config)
             t0 = time.perf_counter()
-            predictor.warmup()
+            warm_inference_s = predictor.warmup()
             self.get_logger().info(f"model ready on {predictor.device}, {threads} CPU thread(s) (warm-up "
                                    f"{(time.perf_counter() - t0) * 1e3:.0f} ms); robot '{self.config.name}'")
-            warm_inference_s = _time_one_chunk(predictor)
         except Exception as error:  # any reason the model cannot run is a configure failure
             self.configure_error = f"configure failed: {error}"
             self.get_logger().error(self.configure_error)
@@ -476,15 +475,6 @@ class PolicyNode(LifecycleNode):
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]
         self.diagnostics_pub.publish(msg)
-
-
-def _time_one_chunk(predictor) -> float:
-    """Seconds for one chunk of a warmed-up predictor on blank inputs (for the start-up check)."""
-    s = predictor.config.image_size if hasattr(predictor, "config") else 224
-    images = [np.zeros((s, s, 3), np.uint8)] * predictor.num_cameras
-    t0 = time.perf_counter()
-    predictor.predict_chunk(images, np.zeros(predictor.state_dim), "warm up")
-    return time.perf_counter() - t0
 
 
 def main(args=None) -> None:

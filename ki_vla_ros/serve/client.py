@@ -211,10 +211,13 @@ class RemotePredictor:
     def generate_subtask(self, images: Sequence[np.ndarray | None], task: str, max_new_tokens: int = 24) -> str:
         raise PolicyError(f"the planner needs the model in-process; {self.uri} serves action chunks only")
 
-    def warmup(self) -> None:
-        """One blank request (the server warmed its model at start-up; this checks the path)."""
+    def warmup(self) -> float:
+        """One blank request (the server warmed its model at start-up; this checks the path);
+        returns its seconds, round trip included."""
         images = [np.zeros((32, 32, 3), np.uint8)] * self.num_cameras
+        t0 = time.perf_counter()
         self.predict_chunk(images, np.zeros(self.state_dim), "warm up")  # openpi layouts: sets the horizon
+        return time.perf_counter() - t0
 
 
 def openpi_observation(layout: str, images: Sequence[np.ndarray | None], state: np.ndarray, prompt: str) -> dict:

@@ -45,9 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     from ki_vla_ros.train.commands import add_subcommands as add_train_subcommands
 
     add_train_subcommands(sub)  # convert, export-lerobot, make-sim-dataset, train
-    from ki_vla_ros.train.experiment.commands import add_subcommands as add_experiment_subcommands
-
-    add_experiment_subcommands(sub)  # ki-claims, make-demo-checkpoint
     from ki_vla_ros.serve.commands import add_subcommands as add_serve_subcommands
 
     add_serve_subcommands(sub)  # serve

@@ -17,6 +17,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Helper modules shared by the test folders (config_files.py) import by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The research harness (experiments/, not installed with the package) imports from the repository root.
+sys.path.insert(1, str(REPO_ROOT))
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # One torch thread per process: tests start several processes (nodes, DDP ranks) on a

@@ -120,6 +120,14 @@ class TrainConfig:
     lora_alpha: float | None = None  # adapter scale alpha / rank; None = rank (scale 1)
     lora_targets: tuple[str, ...] = LORA_TARGETS  # projections of each Gemma layer that get adapters
     freeze: tuple[str, ...] = ()  # parts that take no updates: "vision"
+    # The vision tower's learning rate as a fraction of lr (its own optimizer group); 0 freezes it
+    # (as freeze=("vision",)). A tower pretrained for the task and then trained at the full rate of a
+    # small from-scratch backbone can lose what it learned (docs/demo_checkpoint.md).
+    vision_lr_scale: float = 1.0
+    # True: torch's global RNG is reseeded every step from (seed, step, rank), so a resumed run draws
+    # what an uninterrupted one would. False: seeded once with `seed` when training starts, one stream
+    # for the whole call (what experiments/ uses; its batches leave flow noise and time to torch).
+    reseed_torch_every_step: bool = True
     init: str = "tiny"  # the weights the run started from ("tiny" or a directory); LoRA resume rebuilds its base from it
 
     def __post_init__(self):
@@ -144,6 +152,8 @@ class TrainConfig:
             problems.append(f"amp is {self.amp!r}; expected 'auto', 'bf16' or 'off'")
         if self.flow_loss_weight is not None and self.flow_loss_weight < 0:
             problems.append(f"flow_loss_weight is {self.flow_loss_weight}; expected >= 0 or None")
+        if not self.vision_lr_scale >= 0:  # also rejects NaN
+            problems.append(f"vision_lr_scale is {self.vision_lr_scale}; expected a fraction >= 0 of lr (0: frozen)")
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy is {self.strategy!r}; expected one of {list(STRATEGIES)}")
         if set(self.freeze) - set(FREEZABLE):
@@ -255,10 +265,22 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
+VISION_TOWER = ".vision_tower."  # in the name of every vision tower parameter
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW over the trainable parameters; each group has an "lr_scale" (the fraction of the
+    schedule's learning rate it gets): the vision tower config.vision_lr_scale, the rest 1."""
+    rest, vision = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (vision if VISION_TOWER in f".{name}" and config.vision_lr_scale != 1.0 else rest).append(p)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if vision:
+        groups.append({"params": vision, "lr_scale": config.vision_lr_scale})
+    params = rest + vision
     fused = bool(params) and params[0].is_cuda
-    return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
                              eps=1e-8, fused=fused or None)
 
 
@@ -279,16 +301,19 @@ def prepare_parameters(model: KIVLA, config: TrainConfig) -> None:
     """What trains and how activations are kept: --freeze, LoRA adapters, activation checkpointing."""
     if config.lora_rank:
         apply_lora(model, config.lora_rank, config.lora_rank * config.lora_scale, config.lora_targets, config.seed)
-    freeze(model, config.freeze)
+    freeze(model, config.freeze + (("vision",) if config.vision_lr_scale == 0 else ()))
     model.set_activation_checkpointing(config.activation_checkpointing)
 
 
 def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=None, *,
+          batches: Callable[[int], list[TrainingBatch]] | None = None,
           callback: Callable[[int, dict, KIVLA], Any] | None = None) -> list[dict]:
     """Train `model` in place; returns the metrics of every logged step of this call.
 
     action_sampler / vlm_sampler: objects with `example(rng) -> Example` and `pad_id`
-    (batching.ActionChunkSampler / VLMSampler). callback(step, metrics, model) runs on rank 0
+    (batching.ActionChunkSampler / VLMSampler). batches: instead of the samplers, batches(step)
+    -> the micro-batches of update `step` (0-based), called once per step in order; one process
+    only (it is not split over ranks). callback(step, metrics, model) runs on rank 0
     after every logged step with the model in eval mode (sharded under fsdp); returning True
     stops training (a checkpoint is written first). Ctrl-C also writes out_dir/last before it
     propagates. With LoRA the model keeps its adapters after training (saved files are merged).
@@ -300,7 +325,14 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
     if config.recipe == "pi0" and config.vlm_ratio > 0:
         warnings.warn("recipe 'pi0' trains on the flow loss only; its VLM samples add no gradient", stacklevel=2)
     out_dir = Path(config.out_dir) if config.out_dir else None
-    builder = BatchBuilder(config, shard_slots(config.batch_size, ctx), action_sampler, vlm_sampler)
+    if batches is None:
+        builder = BatchBuilder(config, shard_slots(config.batch_size, ctx), action_sampler, vlm_sampler)
+    elif ctx.world_size > 1 or action_sampler is not None or vlm_sampler is not None:
+        raise ValueError(f"batches is given with world size {ctx.world_size} and samplers "
+                         f"{type(action_sampler).__name__} / {type(vlm_sampler).__name__}; expected a single "
+                         f"process and no samplers (a batches function is not split over ranks)")
+    else:
+        builder = batches
 
     model.to(ctx.device)
     prepare_parameters(model, config)
@@ -319,6 +351,8 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
     optimizer = make_optimizer(model, config)
     if resume_from is not None:
         load_optimizer_state(resume_from, model, optimizer, sharded=strategy == "fsdp")
+    if not config.reseed_torch_every_step:
+        torch.manual_seed(config.seed)
     runner: nn.Module = RecipeLoss(model, config.recipe)
     if strategy == "ddp":
         # pi0 never runs the backbone's head and final norm, fast never runs the expert.
@@ -344,8 +378,9 @@ def train(model: KIVLA, config: TrainConfig, action_sampler=None, vlm_sampler=No
             lr = learning_rate(step, peak_lr=config.lr, warmup_steps=config.warmup_steps,
                                total_steps=config.steps, final_ratio=config.final_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(_step_seed(config.seed, step, ctx.rank))
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before vision_lr_scale lack it
+            if config.reseed_torch_every_step:
+                torch.manual_seed(_step_seed(config.seed, step, ctx.rank))
 
             counts = [_counts(mb) for mb in micro_batches]
             global_counts = all_reduce_sum(torch.stack(counts).sum(0), ctx).clamp(min=1.0)

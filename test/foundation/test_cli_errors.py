@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _ki_vla(*args: str) -> subprocess.CompletedProcess:
@@ -20,6 +21,7 @@ def test_bringup_of_a_misspelt_config_prints_the_reason_without_a_traceback():
 
 def test_make_demo_checkpoint_requires_an_output_directory():
     """It used to write over the shipped asset inside the package when none was given."""
-    run = _ki_vla("make-demo-checkpoint", "--steps", "1")
+    run = subprocess.run([sys.executable, "-m", "experiments", "make-demo-checkpoint", "--steps", "1"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert run.returncode == 2
     assert "the following arguments are required: out" in run.stderr

@@ -21,7 +21,7 @@ from ki_vla_ros.model.config import KIVLAConfig
 from ki_vla_ros.model.network import TrainingBatch
 from ki_vla_ros.model.normalize import NormStats, normalize, to_delta
 from ki_vla_ros.model.preprocess import discretize_state, format_prompt
-from ki_vla_ros.train.experiment.tasks import ReachData, TextSample, action_chunks
+from experiments.tasks import ReachData, TextSample, action_chunks
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -14,12 +14,12 @@ from ki_vla_ros.model.preprocess import discretize_state, format_prompt
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.runtime.policy import Policy
 from ki_vla_ros.sim.tasks import start_reach_episode
-from ki_vla_ros.train.experiment import evaluation as ev
-from ki_vla_ros.train.experiment.batches import (MixedSampler, ReachActionSampler, TextSampler, fit_norm_stats,
+from experiments import evaluation as ev
+from experiments.batches import (MixedSampler, ReachActionSampler, TextSampler, fit_norm_stats,
                                                  normalized_chunks)
-from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_CHECKPOINT_DIR
-from ki_vla_ros.train.experiment.study import study_model_config
-from ki_vla_ros.train.experiment.tasks import action_chunks, generate_reach_data
+from ki_vla_ros.runtime.model_loading import DEMO_CHECKPOINT_DIR
+from experiments.study import study_model_config
+from experiments.tasks import action_chunks, generate_reach_data
 
 SINGLE_ARM = load_robot_config("single_arm")
 
@@ -156,8 +156,8 @@ def test_closed_loop_counts_the_named_block_as_success_and_a_still_arm_as_failur
 @pytest.fixture(scope="module")
 def demo_predictor():
     if not (DEMO_CHECKPOINT_DIR / "model.safetensors").is_file():
-        pytest.fail(f"no demo checkpoint at {DEMO_CHECKPOINT_DIR}; run python benchmarks/ki_claims.py "
-                    f"--make-demo-checkpoint {DEMO_CHECKPOINT_DIR}")
+        pytest.fail(f"no demo checkpoint at {DEMO_CHECKPOINT_DIR}; run python -m experiments "
+                    f"make-demo-checkpoint {DEMO_CHECKPOINT_DIR}")
     return Predictor.from_pretrained(str(DEMO_CHECKPOINT_DIR), device="cpu")
 
 
@@ -175,8 +175,8 @@ def test_the_demo_checkpoint_reaches_the_named_block_and_random_weights_do_not(d
     3 cm, 0.95-1.00 nearest, median 0.8-1.2 cm from the block (from 19.9 cm); random weights
     0.00-0.05, 0.50-0.60 and 34-40 cm (docs/demo_checkpoint.md)."""
     from ki_vla_ros.sim.robot import REACH_TOLERANCE_M
-    from ki_vla_ros.train.experiment.demo_checkpoint import new_model_like
-    from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET
+    from experiments.demo_checkpoint import new_model_like
+    from experiments.tasks import EVAL_SEED_OFFSET
 
     seeds = [EVAL_SEED_OFFSET + i for i in range(20)]
     results = {}
@@ -206,8 +206,8 @@ def test_the_study_model_has_an_image_slot_per_camera_of_each_robot(robot):
     bimanual robot's 3 cameras and the mobile robot's 3 reach the model and the closed loop."""
     import dataclasses
 
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
-    from ki_vla_ros.train.experiment.study import new_model, prepare_data
+    from experiments.demo_checkpoint import DEMO_SIZE
+    from experiments.study import new_model, prepare_data
 
     config = load_robot_config(robot)
     size = dataclasses.replace(DEMO_SIZE, train_episodes=2, eval_episodes=1)
@@ -226,8 +226,8 @@ def test_the_study_can_fit_a_word_level_tokenizer_that_travels_with_the_checkpoi
     import dataclasses
 
     from ki_vla_ros.sim.tasks import INSTRUCTION_TEMPLATES
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
-    from ki_vla_ros.train.experiment.study import new_model, prepare_data
+    from experiments.demo_checkpoint import DEMO_SIZE
+    from experiments.study import new_model, prepare_data
 
     size = dataclasses.replace(DEMO_SIZE, train_episodes=6, eval_episodes=1, text_tokenizer="sentencepiece")
     data = prepare_data("single_arm", size)
@@ -246,9 +246,9 @@ def test_the_study_can_fit_a_word_level_tokenizer_that_travels_with_the_checkpoi
 
 
 def test_the_vision_tower_trains_at_its_own_learning_rate(data):
-    """fit(vision_lr_scale=s): Adam's first step moves every weight by about lr, so the
+    """The trainer's vision_lr_scale=s: Adam's first step moves every weight by about lr, so the
     vision tower's weights move s times as far as the rest's; s=0 leaves them untouched."""
-    from ki_vla_ros.train.experiment.fitting import FitConfig, fit
+    from experiments.stages import StageConfig, train_stage
 
     config = study_model_config(SINGLE_ARM.action_dim, SINGLE_ARM.num_image_slots)
     stats = fit_norm_stats(data)
@@ -260,8 +260,8 @@ def test_the_vision_tower_trains_at_its_own_learning_rate(data):
         model = KIVLA(config, fast_tokenizer=fast, norm_stats=stats)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         sampler = ReachActionSampler(data, config, model.text_tokenizer, fast, stats)
-        fit(model, sampler, FitConfig(recipe="ki", steps=1, batch_size=4, lr=1e-3, warmup_steps=1,
-                                      weight_decay=0.0, vision_lr_scale=scale))
+        train_stage(model, sampler, StageConfig(recipe="ki", steps=1, batch_size=4, lr=1e-3, warmup_steps=1,
+                                                vision_lr_scale=scale))
         moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
         vision = torch.cat([d.flatten() for n, d in moved.items() if ".vision_tower." in n])
         text = torch.cat([d.flatten() for n, d in moved.items() if ".language_model." in n])
@@ -282,8 +282,8 @@ def test_the_recorded_reproduce_command_parses_back_to_the_same_recipe():
     import dataclasses
     import shlex
 
-    from ki_vla_ros.train.experiment.commands import add_demo_checkpoint_options, demo_checkpoint_kwargs
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_DAGGER, DEMO_SIZE, DaggerSettings, reproduce_command
+    from experiments.commands import add_demo_checkpoint_options, demo_checkpoint_kwargs
+    from experiments.demo_checkpoint import DEMO_DAGGER, DEMO_SIZE, DaggerSettings, reproduce_command
 
     other_tokenizer = "byte" if DEMO_SIZE.text_tokenizer == "sentencepiece" else "sentencepiece"
     size = dataclasses.replace(DEMO_SIZE, vla_steps=5048, batch_size=32, vision_lr_scale=0.1,
@@ -296,9 +296,11 @@ def test_the_recorded_reproduce_command_parses_back_to_the_same_recipe():
                             lr_scale=DEMO_DAGGER.lr_scale / 2, max_lead_steps=DEMO_DAGGER.max_lead_steps + 1)
     command = reproduce_command(size, {"image_size": 64}, dagger, **options)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--make-demo-checkpoint")
+    parser.add_argument("out")
     add_demo_checkpoint_options(parser)
-    kwargs = demo_checkpoint_kwargs(parser.parse_args(shlex.split(command)[2:]))
+    words = shlex.split(command)
+    assert words[:4] == ["python", "-m", "experiments", "make-demo-checkpoint"], command
+    kwargs = demo_checkpoint_kwargs(parser.parse_args(words[4:]))
     assert {k: kwargs[k] for k in options} == options
     assert kwargs["steps"] == 5048
     assert kwargs["size_overrides"] == {"batch_size": 32, "vision_lr_scale": 0.1,
@@ -327,7 +329,7 @@ def test_reach_data_extended_keeps_each_text_sample_on_its_own_scene(data):
 
 
 def test_dagger_settings_reject_bad_values():
-    from ki_vla_ros.train.experiment.demo_checkpoint import DaggerSettings
+    from experiments.demo_checkpoint import DaggerSettings
 
     for field, bad in (("rounds", -1), ("steps", 2.5), ("max_lead_steps", True)):
         with pytest.raises(ValueError, match=f"DaggerSettings.{field} is {bad!r}; expected an integer >= 0"):
@@ -343,9 +345,9 @@ def test_a_dagger_round_trains_on_episodes_the_model_itself_led(tmp_path):
     is written out; each round's lead-in lengths repeat."""
     import dataclasses
 
-    from ki_vla_ros.train.experiment.demo_checkpoint import (DEMO_SIZE, DaggerSettings, dagger,
+    from experiments.demo_checkpoint import (DEMO_SIZE, DaggerSettings, dagger,
                                                              policy_lead_in)
-    from ki_vla_ros.train.experiment.study import new_model, prepare_data
+    from experiments.study import new_model, prepare_data
 
     size = dataclasses.replace(DEMO_SIZE, train_episodes=3, eval_episodes=1, batch_size=4)
     data = prepare_data("single_arm", size)
@@ -384,8 +386,8 @@ def test_with_delta_actions_the_study_trains_on_offsets_that_add_back_to_the_dem
     import dataclasses
 
     from ki_vla_ros.model.normalize import to_absolute, unnormalize
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
-    from ki_vla_ros.train.experiment.study import new_model, prepare_data
+    from experiments.demo_checkpoint import DEMO_SIZE
+    from experiments.study import new_model, prepare_data
 
     size = dataclasses.replace(DEMO_SIZE, train_episodes=4, eval_episodes=1, text_tokenizer="byte", delta_actions=True)
     data = prepare_data("single_arm", size)
@@ -402,7 +404,7 @@ def test_with_delta_actions_the_study_trains_on_offsets_that_add_back_to_the_dem
 
 
 def test_dagger_from_rejects_a_directory_without_weights_and_settings_of_skipped_stages(tmp_path):
-    from ki_vla_ros.train.experiment.demo_checkpoint import make_demo_checkpoint
+    from experiments.demo_checkpoint import make_demo_checkpoint
 
     with pytest.raises(FileNotFoundError, match="is not a checkpoint directory; expected model.safetensors"):
         make_demo_checkpoint(tmp_path / "out", dagger_from=tmp_path)

@@ -10,9 +10,9 @@ from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.runtime.config import load_robot_config
 from ki_vla_ros.sim.render import TABLE_RGB
 from ki_vla_ros.sim.scene import BLOCK_COLORS_RGB
-from ki_vla_ros.train.experiment.study import study_model_config
-from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, generate_reach_data
-from ki_vla_ros.train.experiment.vision_pretraining import (WHERE_WEIGHT, frames, patch_color_labels, patch_targets,
+from experiments.study import study_model_config
+from experiments.tasks import EVAL_SEED_OFFSET, generate_reach_data
+from experiments.vision_pretraining import (WHERE_WEIGHT, frames, patch_color_labels, patch_targets,
                                                             pretrain_vision_tower)
 
 SINGLE_ARM = load_robot_config("single_arm")
@@ -98,8 +98,8 @@ def test_the_study_pretrains_the_tower_then_keeps_it_frozen():
     the patch-colour stage left it, while the language model moves."""
     import dataclasses
 
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
-    from ki_vla_ros.train.experiment.study import new_model, prepare_data, pretrain_backbone
+    from experiments.demo_checkpoint import DEMO_SIZE
+    from experiments.study import new_model, prepare_data, pretrain_backbone
 
     size = dataclasses.replace(DEMO_SIZE, train_episodes=4, eval_episodes=1, pretrain_steps=3,
                                point_pretrain_steps=2, vision_pretrain_steps=5, vision_lr_scale=0.0)
@@ -125,7 +125,7 @@ def test_the_study_pretrains_the_tower_then_keeps_it_frozen():
 def test_a_bad_vision_setting_is_rejected_before_any_data_is_made(field, value, match):
     import dataclasses
 
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_SIZE
+    from experiments.demo_checkpoint import DEMO_SIZE
 
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(DEMO_SIZE, **{field: value})

@@ -1,7 +1,7 @@
 """The shipped demo checkpoint: the study's model, trained longer with the KI recipe.
 
-    python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint
-    (or: ki-vla make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint; the directory is required)
+    python -m experiments make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint
+    (from the repository root; the directory is required)
 
 single_arm (8 state / 8 action dims, cameras base + wrist in 2 slots), horizon 10. The stages:
   1. a word-level SentencePiece tokenizer fitted on the training text (DEMO_SIZE.text_tokenizer);
@@ -41,16 +41,14 @@ from ki_vla_ros.model.config import KIVLAConfig
 from ki_vla_ros.model.inference import Predictor
 from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.runtime.config import load_robot_config
-from ki_vla_ros.runtime.model_loading import DEMO_CHECKPOINT_DIR
 from ki_vla_ros.sim.tasks import start_reach_episode
-from ki_vla_ros.train.experiment import evaluation as ev
-from ki_vla_ros.train.experiment.batches import MixedSampler, ReachActionSampler, TextSampler
-from ki_vla_ros.train.experiment.commands import DAGGER_OPTIONS, DEMO_VLM_SCENES, SIZE_OPTIONS, changed_flags
-from ki_vla_ros.train.experiment.fitting import FitConfig, fit
-from ki_vla_ros.train.experiment.study import PRETRAIN_KINDS, StudySize, prepare_data, pretrain_backbone
-from ki_vla_ros.train.experiment.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, POINT_KIND,
-                                               SUBTASK_TEMPLATE, TEXT_KINDS, ReachData,
-                                               generate_reach_data)
+from experiments import evaluation as ev
+from experiments.commands import DAGGER_OPTIONS, DEMO_VLM_SCENES, SIZE_OPTIONS, changed_flags
+from experiments.stages import StageConfig, train_stage
+from experiments.study import (PRETRAIN_KINDS, VLM_SEED_OFFSET, StudySize, cotraining_sampler, prepare_data,
+                               pretrain_backbone, vlm_scene_data)
+from experiments.tasks import (EVAL_SEED_OFFSET, PLANNER_TASK_TEMPLATES, POINT_KIND, SUBTASK_TEMPLATE, ReachData,
+                               generate_reach_data)
 
 # Words as tokens, a tower that knows where each colour is, and pointing questions: with all
 # three the backbone can say where the named block is, which the step-0 chunk needs; and 30%
@@ -61,12 +59,8 @@ DEMO_SIZE = StudySize(train_episodes=1000, eval_episodes=20, pretrain_steps=500,
                       text_tokenizer="sentencepiece", point_pretrain_steps=3000, first_step_fraction=0.3,
                       delta_actions=True)
 DEMO_SEED = 0
-# point_questions: pretraining and co-training also ask "point to the blue block" ->
-# "column 3 row 2", the spatial fact the first chunk of an episode needs; POINT_REPEAT copies
-# of each make them about a third of the co-training text.
-POINT_REPEAT = 4
-VLM_SEED_OFFSET = 10_000  # VLM-only scenes: seeds between the demonstrations' and the held-out ones
 COLORS = ("red", "green", "blue", "yellow")
+DEMO_CHECKPOINT = "ki_vla_ros/assets/demo_checkpoint"  # the shipped asset, from the repository root
 
 
 def make_demo_checkpoint(out_dir, robot: str = "single_arm", steps: int | None = None,
@@ -146,45 +140,26 @@ def _train_ki_stage(robot: str, size: StudySize, model_overrides: dict | None, t
     sampler = cotraining_sampler(model, data.train, text_data, size, point_questions)
 
     if time_budget_s is not None:
-        probe = fit(copy.deepcopy(model), sampler, demo_fit_config(size, recipe, 20, device))
-        step_s = float(np.median([h["step_s"] for h in probe[5:]]))
+        probe = train_stage(copy.deepcopy(model), sampler, demo_stage(size, recipe, 20, device), every=5)
+        step_s = (probe[-1]["seconds"] - probe[0]["seconds"]) / (probe[-1]["step"] - probe[0]["step"])
         size = dataclasses.replace(size, vla_steps=max(100, int(time_budget_s / step_s)))
         log(f"[demo-checkpoint] {step_s * 1e3:.1f} ms per step on {device}: "
             f"{size.vla_steps} steps in {time_budget_s:.0f} s")
 
     def on_step(step, m):
-        if step and step % 250 == 0:
+        if step % 250 == 0:
             log(f"[demo-checkpoint] step {step}/{size.vla_steps} ({time.perf_counter() - t0:.0f} s)")
-        if snapshot_dir is not None and step and step % 500 == 0:
+        if snapshot_dir is not None and step % 500 == 0:
             m.save_pretrained(Path(snapshot_dir) / f"step_{step}")
 
-    history = fit(model, sampler, demo_fit_config(size, recipe, size.vla_steps, device), on_step=on_step)
+    history = train_stage(model, sampler, demo_stage(size, recipe, size.vla_steps, device), on_step, every=250)
     return model, data.train, text_data, history, size
 
 
-def cotraining_sampler(model: KIVLA, demos: ReachData, text_data: ReachData, size: StudySize,
-                       point_questions: bool = True) -> MixedSampler:
-    """The VLA stage's batches: action chunks of `demos` (size.first_step_fraction of them from
-    step 0) and, as size.vlm_ratio of each batch, VQA, captions, planner subtasks and (with
-    point_questions) POINT_REPEAT copies of the pointing questions of text_data's scenes."""
-    actions = ReachActionSampler(demos, model.config, model.text_tokenizer, model.fast_tokenizer, model.norm_stats,
-                                 first_step_fraction=size.first_step_fraction)
-    extra_kinds = (POINT_KIND,) if point_questions else ()
-    text_samples = text_data.text(TEXT_KINDS) + text_data.text(extra_kinds) * POINT_REPEAT
-    text = TextSampler(text_data, model.config, model.text_tokenizer, text_samples)
-    return MixedSampler(actions, text, size.vlm_ratio)
-
-
-def demo_fit_config(size: StudySize, recipe: str, steps: int, device: str, lr_scale: float = 1.0,
-                    seed: int = DEMO_SEED) -> FitConfig:
-    return FitConfig(recipe=recipe, steps=steps, batch_size=size.batch_size, lr=size.vla_lr * lr_scale,
+def demo_stage(size: StudySize, recipe: str, steps: int, device: str, lr_scale: float = 1.0,
+               seed: int = DEMO_SEED) -> StageConfig:
+    return StageConfig(recipe=recipe, steps=steps, batch_size=size.batch_size, lr=size.vla_lr * lr_scale,
                      warmup_steps=100, seed=seed, device=device, vision_lr_scale=size.vision_lr_scale)
-
-
-def vlm_scene_data(robot: str, vlm_scenes: int, image_size: int) -> ReachData:
-    """One frame of each of vlm_scenes scenes (seeds from VLM_SEED_OFFSET): the VLM data."""
-    return generate_reach_data(load_robot_config(robot), range(VLM_SEED_OFFSET, VLM_SEED_OFFSET + vlm_scenes),
-                               image_size, steps=1)
 
 
 # ------------------------------------------------------------------ DAgger
@@ -262,8 +237,8 @@ def dagger(checkpoint_dir, out_dir, settings: DaggerSettings, size: StudySize = 
                 f"({time.perf_counter() - t0:.0f} s), {aggregate.num_episodes} in the aggregate")
             model.to(device)
             sampler = cotraining_sampler(model, aggregate, text_data, size, point_questions)
-            history = fit(model, sampler, demo_fit_config(size, recipe, settings.steps, device, settings.lr_scale,
-                                                          seed=DEMO_SEED + 1 + r))
+            history = train_stage(model, sampler, demo_stage(size, recipe, settings.steps, device, settings.lr_scale,
+                                                             seed=DEMO_SEED + 1 + r))
             current = Path(tmp) / f"round_{r + 1}"
             model.to("cpu").half().save_pretrained(current)
             if snapshot_dir is not None:
@@ -290,7 +265,7 @@ def reproduce_command(size: StudySize, model_overrides: dict | None, dagger_sett
                       device: str = "cpu", recipe: str = "ki", vlm_scenes: int = DEMO_VLM_SCENES,
                       point_questions: bool = True) -> str:
     """The command line that trains this recipe again (the step count fixed, not a time budget)."""
-    parts = ["python benchmarks/ki_claims.py --make-demo-checkpoint ki_vla_ros/assets/demo_checkpoint",
+    parts = [f"python -m experiments make-demo-checkpoint {DEMO_CHECKPOINT}",
              f"--steps {size.vla_steps}"]
     if device != "cpu":
         parts.append(f"--device {device}")

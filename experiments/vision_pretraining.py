@@ -24,7 +24,7 @@ import torch
 
 from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.sim.scene import BLOCK_COLORS_RGB
-from ki_vla_ros.train.experiment.batches import images_to_tensor
+from experiments.batches import images_to_tensor
 
 # Weight of the centroid error (image coordinates in [-1, 1], squared) against the colour
 # cross-entropy when positions are trained too: 3 kept held-out colour accuracy at 0.98 and

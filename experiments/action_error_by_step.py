@@ -23,9 +23,9 @@ import torch
 
 from ki_vla_ros.model.inference import Predictor
 from ki_vla_ros.model.normalize import unnormalize
-from ki_vla_ros.train.experiment import evaluation as ev
-from ki_vla_ros.train.experiment.batches import ReachActionSampler
-from ki_vla_ros.train.experiment.tasks import EVAL_SEED_OFFSET, generate_reach_data
+from experiments import evaluation as ev
+from experiments.batches import ReachActionSampler
+from experiments.tasks import EVAL_SEED_OFFSET, generate_reach_data
 
 
 def main() -> None:

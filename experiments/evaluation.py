@@ -10,6 +10,8 @@
                         scene with the seed's instruction, in chunks of execute_steps, like
                         policy_node; success = gripper within REACH_TOLERANCE_M of the named
                         block at the end, "wrong" = it ended on another block
+    run_switch_episode / closed_loop_switch   the same with the instruction changed to another
+                        block part-way through the episode
     latency_ms          median and p99 wall time of a call after warm-up
 """
 
@@ -176,6 +178,47 @@ def run_reach_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, step
                         wrong_block=any(robot.reached(n, REACH_TOLERANCE_M) for n in others),
                         final_distance_m=final_distance_m, invalid_chunks=invalid, start_distance_m=start_distance_m,
                         nearest_is_target=all(final_distance_m < robot.distance_to(n) for n in others))
+
+
+def run_switch_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, switch_step: int = 10,
+                       steps: int = 30, execute_steps: int | None = None,
+                       max_image_side_px: int | None = 96) -> dict:
+    """The seed's reach episode with its instruction changed part-way: the policy is told the seed's
+    instruction for switch_step steps, then "move to the <other block>" (the next block of the
+    scene after the first target, in scene order) for the rest. Returns the ReachOutcome toward
+    the new block as a dict, plus "ended_at_first": the gripper ended on the first block (the
+    policy kept following the old instruction)."""
+    if not 0 < switch_step < steps:
+        raise ValueError(f"switch_step is {switch_step}; expected a step between 0 and steps={steps}, exclusive")
+    dt = config.chunk.step_duration_s
+    execute_steps = execute_steps or config.chunk.execute_steps
+    robot, first = start_reach_episode(config, seed, dt, max_image_side_px=max_image_side_px)
+    names = list(robot.scene.names)
+    if len(names) < 2:
+        raise ValueError(f"seed {seed}'s scene has only {names}; a switched instruction needs 2 or more blocks")
+    second = names[(names.index(first.target) + 1) % len(names)]
+    prompt = f"move to the {second}"
+    invalid = drive(robot, chunk_fn, first.instruction, switch_step, dt, execute_steps)
+    start_distance_m = robot.distance_to(second)
+    invalid += drive(robot, chunk_fn, prompt, steps - switch_step, dt, execute_steps, start_s=switch_step * dt)
+    robot.step(steps * dt)
+    others = [n for n in names if n != second]
+    final_distance_m = robot.distance_to(second)
+    outcome = ReachOutcome(seed=seed, instruction=prompt, target=second,
+                           success=robot.reached(second, REACH_TOLERANCE_M),
+                           wrong_block=any(robot.reached(n, REACH_TOLERANCE_M) for n in others),
+                           final_distance_m=final_distance_m, invalid_chunks=invalid,
+                           start_distance_m=start_distance_m,
+                           nearest_is_target=all(final_distance_m < robot.distance_to(n) for n in others))
+    return {**dataclasses.asdict(outcome), "ended_at_first": robot.reached(first.target, REACH_TOLERANCE_M)}
+
+
+def closed_loop_switch(config: RobotConfig, seeds: Sequence[int], chunk_fn: ChunkFn, **kwargs) -> dict:
+    """run_switch_episode on every seed: summarize_outcomes toward the new block, and the rate of
+    episodes that ended on the first block instead."""
+    runs = [run_switch_episode(config, int(s), chunk_fn, **kwargs) for s in seeds]
+    outcomes = [ReachOutcome(**{k: v for k, v in r.items() if k != "ended_at_first"}) for r in runs]
+    return {**summarize_outcomes(outcomes), "ended_at_first_rate": sum(r["ended_at_first"] for r in runs) / len(runs)}
 
 
 def drive(robot: SimRobot, chunk_fn: ChunkFn, prompt: str, steps: int, dt: float, execute_steps: int,

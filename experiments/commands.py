@@ -1,4 +1,4 @@
-"""`ki-vla ki-claims` and `ki-vla make-demo-checkpoint` (registered by add_subcommands)."""
+"""`python -m experiments ki-claims` and `python -m experiments make-demo-checkpoint DIR`."""
 
 from __future__ import annotations
 
@@ -66,12 +66,16 @@ DAGGER_OPTIONS = {
 
 
 def add_subcommands(subparsers) -> None:
-    claims = subparsers.add_parser("ki-claims", help="reproduce the KI paper's claims at small scale (CPU)")
-    claims.add_argument("--quick", action="store_true", help="the few-minute size")
+    claims = subparsers.add_parser("ki-claims", help="the KI paper's four claims measured at small scale (CPU): "
+                                                     "default about 60 min on 2 cores, --quick under 10")
+    claims.add_argument("--quick", action="store_true", help="the few-minute size (same as --size quick)")
     claims.add_argument("--size", choices=("quick", "default", "long"), default="default")
-    claims.add_argument("--out", default="ki_claims_out", help="directory for ki_claims.json and plots")
+    claims.add_argument("--out", default="ki_claims_out", help="directory for ki_claims.json, .txt and plots")
     claims.add_argument("--robot", default="single_arm")
-    claims.set_defaults(func=lambda a: run_claims("quick" if a.quick else a.size, Path(a.out), robot=a.robot))
+    claims.add_argument("--arms", default=None,
+                        help="comma-separated arms to train (default: all of ki,joint,pi0,fast,ki-noco,joint-noco)")
+    claims.set_defaults(func=lambda a: run_claims("quick" if a.quick else a.size, Path(a.out), robot=a.robot,
+                                                  arms=a.arms))
 
     demo = subparsers.add_parser("make-demo-checkpoint",
                                  help="train the tiny demo checkpoint into OUT")
@@ -84,8 +88,7 @@ def add_subcommands(subparsers) -> None:
 
 
 def add_demo_checkpoint_options(parser) -> None:
-    """Options of the demo-checkpoint recipe (shared by `ki-vla make-demo-checkpoint` and
-    benchmarks/ki_claims.py --make-demo-checkpoint)."""
+    """Options of the demo-checkpoint recipe (`python -m experiments make-demo-checkpoint`)."""
     parser.add_argument("--steps", type=int, default=None, help="VLA training steps (default: the shipped recipe's)")
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="instead of --steps: as many VLA steps as fit in this many seconds")
@@ -138,10 +141,10 @@ def changed_flags(settings, defaults, options: dict) -> list[str]:
             if getattr(settings, field) != getattr(defaults, field)]
 
 
-def run_claims(size: str, out_dir: Path, robot: str = "single_arm") -> int:
-    from ki_vla_ros.train.experiment.study import format_table, run_study, write_outputs
+def run_claims(size: str, out_dir: Path, robot: str = "single_arm", arms: str | None = None) -> int:
+    from experiments.study import ARMS, format_table, run_study, write_outputs
 
-    results = run_study(size, robot=robot)
+    results = run_study(size, robot=robot, arms=tuple(arms.split(",")) if arms else tuple(ARMS))
     table = format_table(results)
     print(table)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +159,7 @@ def run_make_demo_checkpoint(out_dir: Path, robot: str = "single_arm", steps: in
                              **kwargs) -> int:
     import dataclasses
 
-    from ki_vla_ros.train.experiment.demo_checkpoint import DEMO_DAGGER, DEMO_SIZE, make_demo_checkpoint
+    from experiments.demo_checkpoint import DEMO_DAGGER, DEMO_SIZE, make_demo_checkpoint
 
     size = dataclasses.replace(DEMO_SIZE, **(size_overrides or {}))
     dagger = dataclasses.replace(DEMO_DAGGER, **(dagger_overrides or {}))
@@ -164,10 +167,3 @@ def run_make_demo_checkpoint(out_dir: Path, robot: str = "single_arm", steps: in
                                   dagger_settings=dagger, **kwargs)
     print(report)
     return 0
-
-
-if __name__ == "__main__":  # python -m ki_vla_ros.train.experiment.commands ki-claims --quick
-    parser = argparse.ArgumentParser(prog="ki-vla")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args()
-    raise SystemExit(args.func(args) or 0)

@@ -1,14 +1,22 @@
-"""The KI paper's claims, reproduced at small scale on the simulated reach task.
+"""Research harness (not installed with the package): the KI paper's claims measured at small
+scale on the simulated reach task, and the recipe of the shipped demo checkpoint.
 
-    tasks        synthetic data: reach demonstrations ("move to the red block"), VQA and
-                 captions about the same scenes, planner subtask targets
-    batches      TrainingBatch samplers over that data (actions + FAST targets; text targets)
-    fitting      the optimisation loop used by every stage (AdamW, warm-up + cosine, clipping)
-    evaluation   action error, steps to a target error, VQA accuracy, closed-loop success in
-                 SimRobot (no ROS), flow vs autoregressive FAST latency
-    study        the whole experiment: VLM pretraining, per-recipe VLA training over seeds,
-                 evaluation, table / JSON / plots
-    demo_checkpoint  the shipped tiny demo checkpoint (ki_vla_ros/assets/demo_checkpoint)
+    tasks               synthetic data: reach demonstrations ("move to the red block"), VQA,
+                        captions, pointing and planner subtasks about the same scenes
+    batches             TrainingBatch samplers over that data (actions + FAST targets; text)
+    stages              how a stage (pretraining, VLA training, a DAgger round) runs the
+                        package's one training loop, train.trainer.train
+    vision_pretraining  the vision tower alone on where the block colours are (its own small
+                        objective and head: the stand-in for SigLIP's pretraining)
+    evaluation          action error, steps to a target error, VQA accuracy, closed-loop reach
+                        in SimRobot (no ROS), also with the instruction changed part-way
+    study               the claims study: six arms x seeds, four claims, table / JSON / plots
+    demo_checkpoint     the shipped tiny demo checkpoint (ki_vla_ros/assets/demo_checkpoint)
+    action_error_by_step  a checkpoint's held-out action error by the step a chunk starts at
 
-Entry points: `python benchmarks/ki_claims.py` and `ki-vla ki-claims` / `ki-vla make-demo-checkpoint`.
+Run from the repository root:
+
+    python -m experiments ki-claims [--quick]          # docs/ki_claims.md
+    python -m experiments make-demo-checkpoint DIR     # docs/demo_checkpoint.md
+    python -m experiments.action_error_by_step CHECKPOINT
 """

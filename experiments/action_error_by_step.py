@@ -1,5 +1,5 @@
 """Held-out action error of a checkpoint, split by the step its chunk starts at:
-`python benchmarks/action_error_by_step.py CHECKPOINT [--episodes 64] [--steps 0 3 6 10 15]`.
+`python -m experiments.action_error_by_step CHECKPOINT [--episodes 64] [--steps 0 3 6 10 15]`.
 
 A reach demonstration starts with the arm at rest at its home pose, so the chunk that
 starts at step 0 can only come from the image and the instruction. Once the arm moves,

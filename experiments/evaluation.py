@@ -172,9 +172,16 @@ def run_reach_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, step
     start_distance_m = robot.distance_to(task.target)
     invalid = drive(robot, chunk_fn, prompt, steps, dt, execute_steps)
     robot.step(steps * dt)
-    others = [n for n in robot.scene.names if n != task.target]
-    final_distance_m = robot.distance_to(task.target)
-    return ReachOutcome(seed=seed, instruction=prompt, target=task.target, success=task.success(robot),
+    return outcome_at_end(robot, seed, prompt, task.target, invalid, start_distance_m)
+
+
+def outcome_at_end(robot: SimRobot, seed: int, prompt: str, target: str, invalid: int,
+                   start_distance_m: float) -> ReachOutcome:
+    """Where the episode left the gripper, judged against `target`."""
+    others = [n for n in robot.scene.names if n != target]
+    final_distance_m = robot.distance_to(target)
+    return ReachOutcome(seed=seed, instruction=prompt, target=target,
+                        success=robot.reached(target, REACH_TOLERANCE_M),
                         wrong_block=any(robot.reached(n, REACH_TOLERANCE_M) for n in others),
                         final_distance_m=final_distance_m, invalid_chunks=invalid, start_distance_m=start_distance_m,
                         nearest_is_target=all(final_distance_m < robot.distance_to(n) for n in others))
@@ -202,14 +209,7 @@ def run_switch_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, swi
     start_distance_m = robot.distance_to(second)
     invalid += drive(robot, chunk_fn, prompt, steps - switch_step, dt, execute_steps, start_s=switch_step * dt)
     robot.step(steps * dt)
-    others = [n for n in names if n != second]
-    final_distance_m = robot.distance_to(second)
-    outcome = ReachOutcome(seed=seed, instruction=prompt, target=second,
-                           success=robot.reached(second, REACH_TOLERANCE_M),
-                           wrong_block=any(robot.reached(n, REACH_TOLERANCE_M) for n in others),
-                           final_distance_m=final_distance_m, invalid_chunks=invalid,
-                           start_distance_m=start_distance_m,
-                           nearest_is_target=all(final_distance_m < robot.distance_to(n) for n in others))
+    outcome = outcome_at_end(robot, seed, prompt, second, invalid, start_distance_m)
     return {**dataclasses.asdict(outcome), "ended_at_first": robot.reached(first.target, REACH_TOLERANCE_M)}
 
 

@@ -555,8 +555,9 @@ def step_ratio(row: dict, ki: dict, max_steps: int) -> dict:
     def mean_steps(r):
         return float(np.mean([s if s is not None else max_steps for s in r["steps_to_target"]]))
 
-    return {"ratio": mean_steps(row) / mean_steps(ki), "censored": row["reached"] < row["seeds"],
-            "ki_censored": ki["reached"] < ki["seeds"]}
+    ki_steps = mean_steps(ki)
+    return {"ratio": mean_steps(row) / ki_steps if ki_steps > 0 else float("nan"),  # nan: ki was there at step 0
+            "censored": row["reached"] < row["seeds"], "ki_censored": ki["reached"] < ki["seeds"]}
 
 
 def format_table(results: dict) -> str:
@@ -578,7 +579,7 @@ def format_table(results: dict) -> str:
         row = s[arm]
         steps = pm(row, "steps_to_target", "{:.0f}") + f" ({row['reached']}/{row['seeds']})"
         ratio = s["step_ratios_over_ki"].get(arm)
-        if ratio is None or (ratio["censored"] and ratio["ki_censored"]):
+        if ratio is None or (ratio["censored"] and ratio["ki_censored"]) or ratio["ratio"] != ratio["ratio"]:
             rtext = "-" if ratio is None else "n/a"
         else:
             rtext = f"{ratio['ratio']:.2f}" + (">" if ratio["censored"] else "") + ("<" if ratio["ki_censored"] else "")

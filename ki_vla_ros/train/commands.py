@@ -112,6 +112,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                        help="comma-separated projections of each Gemma layer to adapt (default: all seven)")
     train.add_argument("--freeze", action="append", default=[], choices=("vision",),
                        help="a part that takes no updates (vision = the SigLIP tower); repeatable")
+    train.add_argument("--vision-lr-scale", type=float, default=1.0,
+                       help="the vision tower's learning rate as a fraction of --lr (its own AdamW group); "
+                            "0 freezes it like --freeze vision (default 1)")
     train.add_argument("--delta-actions", default=None,
                        help="action dims predicted as offsets from the state: 'joints' (every joint "
                             "position except joints named as grippers), 'none', or comma-separated action "
@@ -232,7 +235,8 @@ def _train(args: argparse.Namespace) -> int:
             strategy=args.strategy, activation_checkpointing=args.activation_checkpointing, grad_accum=args.grad_accum,
             lora_rank=args.lora, lora_alpha=args.lora_alpha,
             lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
-            freeze=tuple(args.freeze), init=args.init, delta_actions=args.delta_actions)
+            freeze=tuple(args.freeze), init=args.init, delta_actions=args.delta_actions,
+            vision_lr_scale=args.vision_lr_scale)
         run = prepare_run(args.data, config, vlm_data=args.vlm_data)
         history = train(run.model, config, run.action_sampler, run.vlm_sampler)
     except (DatasetError, ValueError, FileNotFoundError) as e:

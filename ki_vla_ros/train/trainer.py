@@ -14,7 +14,9 @@ shard of the batch is split into grad_accum micro-batches; every micro-batch's l
 weighted by its share of the global batch's CE tokens / flow samples, so the summed gradient
 equals that of one large batch whatever the ranks and micro-batches. Options that change which
 parameters train or what is stored: activation checkpointing (KIVLA.set_activation_checkpointing),
-LoRA adapters and --freeze vision (lora.py).
+LoRA adapters and --freeze vision (lora.py), and the vision tower's share of the learning rate
+(vision_lr_scale, its own AdamW group). The research harness (experiments/stages.py) trains every
+stage of the claims study and the demo checkpoint here too, with its own `batches` function.
 
 Checkpoints (out_dir/checkpoint_<step>/ and out_dir/last/) are model directories that
 `KIVLA.from_pretrained` / `Predictor.from_pretrained` / the policy node load as they are, plus

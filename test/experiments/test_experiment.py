@@ -12,12 +12,12 @@ from ki_vla_ros.model.network import KIVLA
 from ki_vla_ros.model.normalize import normalize
 from ki_vla_ros.model.preprocess import discretize_state, format_prompt
 from ki_vla_ros.runtime.config import load_robot_config
+from ki_vla_ros.runtime.model_loading import DEMO_CHECKPOINT_DIR
 from ki_vla_ros.runtime.policy import Policy
 from ki_vla_ros.sim.tasks import start_reach_episode
 from experiments import evaluation as ev
 from experiments.batches import (MixedSampler, ReachActionSampler, TextSampler, fit_norm_stats,
-                                                 normalized_chunks)
-from ki_vla_ros.runtime.model_loading import DEMO_CHECKPOINT_DIR
+                                 normalized_chunks)
 from experiments.study import study_model_config
 from experiments.tasks import action_chunks, generate_reach_data
 
@@ -346,7 +346,7 @@ def test_a_dagger_round_trains_on_episodes_the_model_itself_led(tmp_path):
     import dataclasses
 
     from experiments.demo_checkpoint import (DEMO_SIZE, DaggerSettings, dagger,
-                                                             policy_lead_in)
+                                             policy_lead_in)
     from experiments.study import new_model, prepare_data
 
     size = dataclasses.replace(DEMO_SIZE, train_episodes=3, eval_episodes=1, batch_size=4)

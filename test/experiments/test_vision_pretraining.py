@@ -13,7 +13,7 @@ from ki_vla_ros.sim.scene import BLOCK_COLORS_RGB
 from experiments.study import study_model_config
 from experiments.tasks import EVAL_SEED_OFFSET, generate_reach_data
 from experiments.vision_pretraining import (WHERE_WEIGHT, frames, patch_color_labels, patch_targets,
-                                                            pretrain_vision_tower)
+                                            pretrain_vision_tower)
 
 SINGLE_ARM = load_robot_config("single_arm")
 COLORS = list(BLOCK_COLORS_RGB)

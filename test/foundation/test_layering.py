@@ -29,3 +29,15 @@ def test_layer_modules_do_not_import_the_layers_above(layer, forbidden):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE.parent, check=True)
     assert out.stdout.strip() == "", f"{layer}/ imported {out.stdout.strip()}"
+
+
+def test_the_package_never_imports_the_research_harness():
+    """experiments/ is not installed with the package, so nothing in ki_vla_ros/ may need it."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            words = line.split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1 and words[1].split(".")[0] == "experiments":
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
+    assert not offenders, offenders
+    assert not (PACKAGE / "train" / "experiment").exists()

@@ -78,6 +78,25 @@ def test_resuming_from_last_continues_bit_exactly(sim_dataset_dir, tmp_path):
         assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_slower_vision_tower_keeps_its_own_learning_rate_across_a_resume(sim_dataset_dir, tmp_path):
+    """--vision-lr-scale puts the tower in its own AdamW group; the group and its share of the
+    schedule survive a checkpoint, so the resumed run ends where an uninterrupted one does."""
+    config = _config(tmp_path / "straight", steps=4, vision_lr_scale=0.1)
+    straight = prepare_run(sim_dataset_dir, config)
+    tower_before = {n: p.detach().clone() for n, p in straight.model.named_parameters() if ".vision_tower." in n}
+    train(straight.model, config, straight.action_sampler, straight.vlm_sampler)
+    assert any(not torch.equal(p, tower_before[n]) for n, p in straight.model.named_parameters() if n in tower_before)
+
+    interrupted = _config(tmp_path / "interrupted", steps=4, vision_lr_scale=0.1)
+    first = prepare_run(sim_dataset_dir, interrupted)
+    train(first.model, interrupted, first.action_sampler, first.vlm_sampler, callback=lambda step, m, model: step == 2)
+    resumed = dataclasses.replace(interrupted, resume=True)
+    second = prepare_run(sim_dataset_dir, resumed)
+    train(second.model, resumed, second.action_sampler, second.vlm_sampler)
+    for (name, p), q in zip(straight.model.named_parameters(), second.model.parameters()):
+        assert torch.equal(p, q), name
+
+
 def test_the_last_checkpoint_is_a_model_the_policy_loads(sim_dataset_dir, sim_dataset, tmp_path):
     config = _config(tmp_path, steps=2, vlm_ratio=0.0)
     run = prepare_run(sim_dataset_dir, config)

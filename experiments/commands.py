@@ -67,7 +67,7 @@ DAGGER_OPTIONS = {
 
 def add_subcommands(subparsers) -> None:
     claims = subparsers.add_parser("ki-claims", help="the KI paper's four claims measured at small scale (CPU): "
-                                                     "default about 60 min on 2 cores, --quick under 10")
+                                                     "default about 45 min on 2 cores, --quick about 6")
     claims.add_argument("--quick", action="store_true", help="the few-minute size (same as --size quick)")
     claims.add_argument("--size", choices=("quick", "default", "long"), default="default")
     claims.add_argument("--out", default="ki_claims_out", help="directory for ki_claims.json, .txt and plots")

@@ -174,7 +174,7 @@ SIZES = {
                          seeds=(0, 1, 2), eval_every=100, eval_samples=64, closed_loop_episodes=20,
                          vqa_questions=100, latency_reps=20, vision_pretrain_steps=1000, point_pretrain_steps=2000,
                          vlm_scenes=1000, target_mse=TARGET_MSE_DEFAULT, **INGREDIENTS),
-    # Longer training and more seeds: about 3x the default's time.
+    # Longer training and more seeds: 3.5x the default's VLA steps (not run yet).
     "long": StudySize(train_episodes=1000, eval_episodes=30, pretrain_steps=500, vla_steps=5000,
                       seeds=(0, 1, 2, 3), eval_every=250, eval_samples=64, closed_loop_episodes=30,
                       vqa_questions=100, latency_reps=20, vision_pretrain_steps=1500, point_pretrain_steps=3000,

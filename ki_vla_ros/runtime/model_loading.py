@@ -13,7 +13,7 @@ from pathlib import Path
 from ki_vla_ros.runtime.config import RobotConfig
 
 TINY = "tiny"
-# The shipped single_arm demo checkpoint (train/experiment/demo_checkpoint.py made it).
+# The shipped single_arm demo checkpoint (experiments/demo_checkpoint.py makes it: python -m experiments make-demo-checkpoint).
 DEMO = "demo"
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_checkpoint"
 

@@ -71,12 +71,18 @@ def test_chunk_mode_is_blend_by_default_and_a_wrong_mode_is_named(tmp_path):
 
 
 def test_rtc_joins_chunks_at_300_ms_latency_with_no_step_above_the_rate_limit_where_plain_chunks_jump():
+    """Six held-out scenes, the same chunks joined with and without RTC. (It was one scene, seed 3,
+    chosen with an earlier demo checkpoint; the retrained one happens to join that scene smoothly
+    without RTC too, so the test now asks for the property over scenes.)"""
     config = load_robot_config("single_arm")
     predictor = load_predictor(config, checkpoint="demo", device="cpu")
-    rtc = run_chunk_execution(config, predictor, seed=3, mode="rtc", latency_s=0.3)
-    none = run_chunk_execution(config, predictor, seed=3, mode="none", latency_s=0.3)
-    assert rtc.chunks == none.chunks >= 5
+    rtc, none = [], []
+    for seed in range(6):
+        rtc.append(run_chunk_execution(config, predictor, seed=seed, mode="rtc", latency_s=0.3))
+        none.append(run_chunk_execution(config, predictor, seed=seed, mode="none", latency_s=0.3))
+        assert rtc[-1].chunks == none[-1].chunks >= 5
     # Seam gap: the first new command against the running one, in per-step rate limits.
-    assert rtc.max_seam_gap <= 1.0, rtc.seam_gaps
-    assert none.max_seam_gap > 1.0, none.seam_gaps  # the same chunks without RTC jump
-    assert rtc.max_seam_gap < 0.5 * none.max_seam_gap
+    rtc_gaps, plain_gaps = [r.max_seam_gap for r in rtc], [r.max_seam_gap for r in none]
+    assert max(rtc_gaps) <= 1.0, rtc_gaps
+    assert sum(g > 1.0 for g in plain_gaps) >= 2, plain_gaps  # the same chunks without RTC jump
+    assert np.mean(rtc_gaps) < 0.5 * np.mean(plain_gaps), (rtc_gaps, plain_gaps)

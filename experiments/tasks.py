@@ -11,8 +11,8 @@ evaluation seeds never overlap (EVAL_SEED_OFFSET).
                     vqa      "Question: is there a red block? Answer: " -> "yes"
                     caption  "Caption: " -> "from left to right: red block, blue block"
                     point    "Question: point to the blue block Answer: " -> "column 3 row 2"
-                             (the demo checkpoint's pretraining and co-training; the study
-                             leaves it out)
+                             (pretraining and co-training of the demo checkpoint and the
+                             study, with point_questions)
                     subtask  planner prompt "Task: tidy up the table: start with the red
                              block. Subtask: " -> "move to the red block"
 """
@@ -37,7 +37,7 @@ EVAL_SEED_OFFSET = 100_000
 # "hold still" frames.
 EPISODE_STEPS = 20
 TEXT_KINDS = ("vqa", "caption", "subtask")
-POINT_KIND = "point"  # asked only where a recipe says so (the demo checkpoint's)
+POINT_KIND = "point"  # asked only where a recipe says so (point_questions)
 # High-level tasks whose first subtask names one block: the planner's co-training targets.
 PLANNER_TASK_TEMPLATES = (
     "tidy up the table: start with the {target}",

@@ -12,7 +12,7 @@
                         block at the end, "wrong" = it ended on another block
     run_switch_episode / closed_loop_switch   the same with the instruction changed to another
                         block part-way through the episode
-    latency_ms          median and p99 wall time of a call after warm-up
+    latency_ms          median and p99 wall time of calls after warm-up, taking turns
 """
 
 from __future__ import annotations
@@ -195,6 +195,13 @@ def run_switch_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, swi
     scene after the first target, in scene order) for the rest. Returns the ReachOutcome toward
     the new block as a dict, plus "ended_at_first": the gripper ended on the first block (the
     policy kept following the old instruction)."""
+    outcome, ended_at_first = _switch_episode(config, seed, chunk_fn, switch_step, steps, execute_steps,
+                                              max_image_side_px)
+    return {**dataclasses.asdict(outcome), "ended_at_first": ended_at_first}
+
+
+def _switch_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, switch_step: int, steps: int,
+                    execute_steps: int | None, max_image_side_px: int | None) -> tuple[ReachOutcome, bool]:
     if not 0 < switch_step < steps:
         raise ValueError(f"switch_step is {switch_step}; expected a step between 0 and steps={steps}, exclusive")
     dt = config.chunk.step_duration_s
@@ -209,16 +216,18 @@ def run_switch_episode(config: RobotConfig, seed: int, chunk_fn: ChunkFn, *, swi
     start_distance_m = robot.distance_to(second)
     invalid += drive(robot, chunk_fn, prompt, steps - switch_step, dt, execute_steps, start_s=switch_step * dt)
     robot.step(steps * dt)
-    outcome = outcome_at_end(robot, seed, prompt, second, invalid, start_distance_m)
-    return {**dataclasses.asdict(outcome), "ended_at_first": robot.reached(first.target, REACH_TOLERANCE_M)}
+    return (outcome_at_end(robot, seed, prompt, second, invalid, start_distance_m),
+            robot.reached(first.target, REACH_TOLERANCE_M))
 
 
-def closed_loop_switch(config: RobotConfig, seeds: Sequence[int], chunk_fn: ChunkFn, **kwargs) -> dict:
+def closed_loop_switch(config: RobotConfig, seeds: Sequence[int], chunk_fn: ChunkFn, *, switch_step: int = 10,
+                       steps: int = 30, execute_steps: int | None = None, max_image_side_px: int | None = 96) -> dict:
     """run_switch_episode on every seed: summarize_outcomes toward the new block, and the rate of
     episodes that ended on the first block instead."""
-    runs = [run_switch_episode(config, int(s), chunk_fn, **kwargs) for s in seeds]
-    outcomes = [ReachOutcome(**{k: v for k, v in r.items() if k != "ended_at_first"}) for r in runs]
-    return {**summarize_outcomes(outcomes), "ended_at_first_rate": sum(r["ended_at_first"] for r in runs) / len(runs)}
+    runs = [_switch_episode(config, int(s), chunk_fn, switch_step, steps, execute_steps, max_image_side_px)
+            for s in seeds]
+    return {**summarize_outcomes([outcome for outcome, _ in runs]),
+            "ended_at_first_rate": sum(stayed for _, stayed in runs) / len(runs)}
 
 
 def drive(robot: SimRobot, chunk_fn: ChunkFn, prompt: str, steps: int, dt: float, execute_steps: int,
@@ -259,15 +268,19 @@ def closed_loop_reach(config: RobotConfig, seeds: Sequence[int], chunk_fn: Chunk
 
 
 # ------------------------------------------------------------------ latency
-def latency_ms(fn: Callable[[], object], reps: int = 20, warmup: int = 3) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99)), "reps": reps}
+def latency_ms(calls: dict[str, Callable[[], object]], reps: int = 20,
+               warmup: int = 3) -> dict[str, dict[str, float]]:
+    """Median and p99 wall time (ms) of each named call after warm-up. The calls take turns in
+    every round, so they all see the same machine load."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for rep in range(warmup + reps):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            if rep >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: {"median_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "reps": reps}
+            for name, t in times.items()}
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:

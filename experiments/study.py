@@ -205,9 +205,8 @@ def prepare_data(robot: str, size: StudySize, model_overrides: dict | None = Non
                                    config.image_size)
     if size.delta_actions:
         config = dataclasses.replace(config, delta_action_dims=joint_action_dims(cfg_robot))
-    stats = fit_norm_stats(train, config.action_horizon, config.delta_action_dims)
-    chunks = normalized_chunks(train, stats, config.action_horizon, config.delta_action_dims)
-    fast = FASTTokenizer.fit(chunks.reshape(-1, *chunks.shape[2:]), vocab_size=config.fast_vocab_size)
+    stats, fast = fit_action_tokenizer(train, config.action_horizon, config.delta_action_dims,
+                                       config.fast_vocab_size)
     text_tokenizer = None
     if size.text_tokenizer == "sentencepiece":
         config = dataclasses.replace(config, text_tokenizer="sentencepiece")
@@ -217,6 +216,14 @@ def prepare_data(robot: str, size: StudySize, model_overrides: dict | None = Non
             raise ValueError(f"the fitted text tokenizer has {text_tokenizer.text_vocab} pieces; the FAST ids "
                              f"start at {first_fast_id} (vocab_size {config.vocab_size})")
     return StudyData(train, held_out, stats, fast, config, text_tokenizer)
+
+
+def fit_action_tokenizer(train: ReachData, horizon: int, delta_dims, vocab_size: int) -> tuple[dict, FASTTokenizer]:
+    """Norm stats of the demonstrations (actions as horizon-step chunks, delta_dims as offsets) and
+    a FAST tokenizer fitted on their normalized chunks."""
+    stats = fit_norm_stats(train, horizon, delta_dims)
+    chunks = normalized_chunks(train, stats, horizon, delta_dims)
+    return stats, FASTTokenizer.fit(chunks.reshape(-1, *chunks.shape[2:]), vocab_size=vocab_size)
 
 
 def joint_action_dims(robot: RobotConfig) -> tuple[int, ...]:
@@ -383,10 +390,9 @@ def fast_tokens_by_horizon(data: StudyData, horizons) -> dict[int, float]:
     moves) when the tokenizer is fitted for each action horizon as in prepare_data."""
     out = {}
     for h in horizons:
-        stats = fit_norm_stats(data.train, h, data.config.delta_action_dims)
-        chunks = normalized_chunks(data.train, stats, h, data.config.delta_action_dims)
         try:
-            fast = FASTTokenizer.fit(chunks.reshape(-1, *chunks.shape[2:]), vocab_size=data.config.fast_vocab_size)
+            stats, fast = fit_action_tokenizer(data.train, h, data.config.delta_action_dims,
+                                               data.config.fast_vocab_size)
         except ValueError:  # the DCT coefficients outgrow the tiny alphabet at long horizons
             continue
         held_out = normalized_chunks(data.eval, stats, h, data.config.delta_action_dims)[:, 0]
@@ -429,16 +435,9 @@ def measure_inference(data: StudyData, robot: str, size: StudySize) -> dict:
             with torch.inference_mode():
                 model.generate_text(inputs, n, stop_at_eos=False)
 
-        times = {"flow": [], "fast": []}
-        for rep in range(size.latency_reps + 3):
-            for name, fn in (("flow", flow), ("fast", fast)):
-                t0 = time.perf_counter()
-                fn()
-                if rep >= 3:  # warm-up
-                    times[name].append((time.perf_counter() - t0) * 1e3)
+        times = ev.latency_ms({"flow": flow, "fast": fast}, reps=size.latency_reps)
         row = {"fast_tokens": n, "horizon": horizon, "reach_chunk_tokens_at_horizon": tokens[horizon],
-               **{f"{k}_{stat}_ms": float(f(v)) for k, v in times.items()
-                  for stat, f in (("median", np.median), ("p99", lambda x: np.percentile(x, 99)))}}
+               **{f"{name}_{stat}": t[stat] for name, t in times.items() for stat in ("median_ms", "p99_ms")}}
         row["fast_over_flow"] = row["fast_median_ms"] / row["flow_median_ms"]
         rows.append(row)
     return {"tokens_by_horizon": tokens, "rows": rows, "reps": size.latency_reps}

@@ -102,10 +102,15 @@ def adapted_weight_keys(state_keys, targets: tuple[str, ...]) -> set[str]:
             and k.rsplit(".", 2)[-2] in targets and k.endswith(".weight")}
 
 
+def vision_tower(model: KIVLA) -> nn.Module:
+    """The SigLIP tower: what --freeze vision freezes and --vision-lr-scale slows."""
+    return model.backbone.model.vision_tower
+
+
 def freeze(model: KIVLA, parts: tuple[str, ...]) -> None:
     """Parts that take no updates: "vision" = the SigLIP tower."""
     unknown = sorted(set(parts) - set(FREEZABLE))
     if unknown:
         raise ValueError(f"--freeze is {list(parts)}; expected parts from {list(FREEZABLE)}")
     if "vision" in parts:
-        model.backbone.model.vision_tower.requires_grad_(False)
+        vision_tower(model).requires_grad_(False)

@@ -68,7 +68,8 @@ from ki_vla_ros.train.distributed import (
     STRATEGIES, DistContext, all_reduce_sum, barrier, broadcast_flag, init_distributed, resolve_strategy,
     shard_model, shard_slots)
 from ki_vla_ros.train.lora import (
-    FREEZABLE, LORA_TARGETS, adapted_weight_keys, apply_lora, freeze, is_adapter_key, merged_state_dict)
+    FREEZABLE, LORA_TARGETS, adapted_weight_keys, apply_lora, freeze, is_adapter_key, merged_state_dict,
+    vision_tower)
 from ki_vla_ros.train.schedule import learning_rate
 
 TRAINER_STATE_TENSORS = "trainer_state.safetensors"
@@ -267,16 +268,14 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-VISION_TOWER = ".vision_tower."  # in the name of every vision tower parameter
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: KIVLA, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; each group has an "lr_scale" (the fraction of the
     schedule's learning rate it gets): the vision tower config.vision_lr_scale, the rest 1."""
+    tower = {id(p) for p in vision_tower(model).parameters()} if config.vision_lr_scale != 1.0 else set()
     rest, vision = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
-            (vision if VISION_TOWER in f".{name}" and config.vision_lr_scale != 1.0 else rest).append(p)
+            (vision if id(p) in tower else rest).append(p)
     groups = [{"params": rest, "lr_scale": 1.0}]
     if vision:
         groups.append({"params": vision, "lr_scale": config.vision_lr_scale})

@@ -127,7 +127,7 @@ def test_steps_to_reach_is_the_first_evaluated_step_at_or_below_the_target():
     assert ev.steps_to_reach([0, 25], [1.0, 0.2], 0.05) is None
     assert ev.answer_accuracy(["Yes ", "two"], ["yes", "three"]) == 0.5
     assert ev.mean_std([1.0, 3.0, None]) == (2.0, 1.0, 2)
-    assert ev.latency_ms(lambda: None, reps=5, warmup=1)["reps"] == 5
+    assert ev.latency_ms({"noop": lambda: None}, reps=5, warmup=1)["noop"]["reps"] == 5
 
 
 def _oracle_chunk_fn(seed):
